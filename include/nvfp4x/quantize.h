@@ -1,0 +1,49 @@
+/* The NVFP4 kernel (NUMERICS.md): scalar reference plus the helpers the exporter needs. */
+#ifndef NVFP4X_QUANTIZE_H
+#define NVFP4X_QUANTIZE_H
+
+#include <stdint.h>
+
+typedef enum nx_numerics {
+    NX_NUMERICS_GPU, /* ModelOpt on CUDA: constant divisions are reciprocal multiplies */
+    NX_NUMERICS_CPU  /* ModelOpt on CPU: true divisions */
+} nx_numerics;
+
+#define NX_BLOCK 16
+
+/* a / 2688, a / 448, a / 6 as ModelOpt computes them in each mode. */
+float nx_div_2688(float a, nx_numerics m);
+float nx_div_448(float a, nx_numerics m);
+float nx_div_6(float a, nx_numerics m);
+
+uint8_t nx_e4m3_encode(float s); /* OCP E4M3FN, nearest even; NaN -> 0x7F */
+float nx_e4m3_decode(uint8_t b);
+uint8_t nx_e2m1_encode(float q); /* 4-bit code with sign in bit 3 */
+float nx_e2m1_decode(uint8_t code);
+
+/* Per-tensor scalars. */
+static inline float nx_weight_scale_2(float weight_amax, nx_numerics m)
+{
+    return nx_div_2688(weight_amax, m);
+}
+static inline float nx_input_scale(float input_amax, nx_numerics m)
+{
+    return nx_div_2688(input_amax, m);
+}
+static inline float nx_kv_scale(float kv_amax, nx_numerics m)
+{
+    return nx_div_448(kv_amax, m);
+}
+
+/* Quantizes rows x cols float32 weights (cols % 16 == 0).
+ * amax: resolved weight amax (dynamic) or resolved global amax (static).
+ * block_amax: NULL for the dynamic path, else rows*cols/16 static per-block amax.
+ * codes: rows*cols/2 bytes, element 2j in the low nibble; scales: rows*cols/16 E4M3 bytes. */
+void nx_nvfp4_quantize_rows_ref(const float *w, int64_t rows, int64_t cols, float amax,
+                                const float *block_amax, nx_numerics m, uint8_t *codes,
+                                uint8_t *scales);
+
+/* max |w| over n values; NaN if any value is NaN (so the caller can refuse it). */
+float nx_absmax_f32(const float *w, int64_t n);
+
+#endif

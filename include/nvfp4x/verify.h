@@ -1,0 +1,29 @@
+/* nvfp4x verify: the consumer rules of CONSUMERS.md on any NVFP4 checkpoint of ModelOpt's
+ * unified layout, plus exactness against the source model when one is given. */
+#ifndef NVFP4X_VERIFY_H
+#define NVFP4X_VERIFY_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "nvfp4x/error.h"
+
+typedef struct nx_verify_opts {
+    const char *dir;   /* the checkpoint to check */
+    const char *model; /* source model directory, or NULL */
+    int json;          /* violations as JSON lines instead of text */
+} nx_verify_opts;
+
+typedef struct nx_verify_result {
+    int64_t n_tensors;
+    int64_t n_quantized;   /* quantized modules */
+    int64_t n_violations;
+    double worst_rel_rms;  /* with a source model: worst relative RMS reconstruction error */
+} nx_verify_result;
+
+/* Checks every rule, printing one line per violation to out ("RULE name: message").
+ * Returns NX_OK when the checkpoint could be read (violations are counted in r), NX_EINPUT
+ * when it cannot be read or parsed at all. */
+int nx_verify_run(const nx_verify_opts *o, nx_verify_result *r, FILE *out, nx_err *e);
+
+#endif

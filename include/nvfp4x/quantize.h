@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include "nvfp4x/safetensors.h"
+
 typedef enum nx_numerics {
     NX_NUMERICS_GPU, /* ModelOpt on CUDA: constant divisions are reciprocal multiplies */
     NX_NUMERICS_CPU  /* ModelOpt on CPU: true divisions */
@@ -42,6 +44,9 @@ static inline float nx_kv_scale(float kv_amax, nx_numerics m)
 void nx_nvfp4_quantize_rows_ref(const float *w, int64_t rows, int64_t cols, float amax,
                                 const float *block_amax, nx_numerics m, uint8_t *codes,
                                 uint8_t *scales);
+
+/* Exact widening of n BF16, F16 or F32 values to float32 (other dtypes: returns -1). */
+int nx_widen_f32(const void *src, nx_dtype dt, int64_t n, float *dst);
 
 /* max |w| over n values; NaN if any value is NaN (so the caller can refuse it). */
 float nx_absmax_f32(const float *w, int64_t n);

@@ -1,0 +1,267 @@
+/* Calibration statistics from HDF5 (DESIGN.md "Calibration file"): an index of every dataset
+ * built at open, reads converted to float32 and checked. */
+#include "nvfp4x/calib.h"
+
+#include <hdf5.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nvfp4x/util.h"
+
+typedef struct calib_entry {
+    char *h5path; /* "/model/layers/0/.../_amax" */
+    int64_t elems;
+} calib_entry;
+
+struct nx_calib {
+    char *path;
+    hid_t file;
+    nx_strmap index; /* dot-form key -> position in entries */
+    calib_entry *entries;
+    size_t len, cap;
+};
+
+typedef struct calib_visit {
+    nx_calib *c;
+    nx_err *e;
+    int rc;
+} calib_visit;
+
+/* "<module>.<quantizer>.<buffer>", the form the index is keyed by. */
+static char *calib_key(const char *module, const char *quantizer, const char *buffer)
+{
+    return nx_asprintf("%s.%s.%s", module, quantizer, buffer);
+}
+
+/* s (after a "/" when leading_slash) with every `from` turned into `to`; malloc'd. */
+static char *path_translate(const char *s, char from, char to, int leading_slash)
+{
+    char *d = nx_asprintf("%s%s", leading_slash ? "/" : "", s);
+    for (char *p = d; p && *p; p++)
+        if (*p == from)
+            *p = to;
+    return d;
+}
+
+static int entries_reserve(nx_calib *c, nx_err *e)
+{
+    if (c->len < c->cap)
+        return NX_OK;
+    size_t cap = c->cap ? c->cap * 2 : 64;
+    calib_entry *grown = realloc(c->entries, cap * sizeof *grown);
+    NX_ALLOC_CHECK(grown, e, "calibration index");
+    c->entries = grown;
+    c->cap = cap;
+    return NX_OK;
+}
+
+static int index_put(nx_calib *c, const char *key, const char *name, int64_t elems, nx_err *e)
+{
+    int64_t other = nx_strmap_get(&c->index, key);
+    NX_ERROR_IF(other >= 0, e, NX_EINPUT, "%s: datasets %s and /%s both have key %s", c->path,
+                c->entries[other].h5path, name, key);
+    char *h5path = nx_asprintf("/%s", name);
+    NX_ALLOC_CHECK(h5path, e, "calibration index");
+    if (nx_strmap_put(&c->index, key, (int64_t)c->len) != 0) {
+        free(h5path);
+        return nx_err_set(e, NX_EIO, "out of memory allocating calibration index");
+    }
+    c->entries[c->len++] = (calib_entry){ h5path, elems };
+    return NX_OK;
+}
+
+static int calib_add(nx_calib *c, const char *name, int64_t elems, nx_err *e)
+{
+    NX_TRY(entries_reserve(c, e));
+    char *key = path_translate(name, '/', '.', 0);
+    NX_ALLOC_CHECK(key, e, "calibration key");
+    int rc = index_put(c, key, name, elems, e);
+    free(key);
+    return rc;
+}
+
+/* Element count of an open dataset: product of dims, 1 for a scalar dataspace. */
+static int dataset_elems(hid_t d, int64_t *elems)
+{
+    hid_t space = H5Dget_space(d);
+    if (space < 0)
+        return -1;
+    hssize_t n = H5Sget_simple_extent_npoints(space);
+    H5Sclose(space);
+    *elems = n;
+    return n < 0 ? -1 : 0;
+}
+
+static int index_object(nx_calib *c, const char *name, nx_err *e)
+{
+    hid_t obj = H5Oopen(c->file, name, H5P_DEFAULT);
+    NX_ERROR_IF(obj < 0, e, NX_EINPUT, "%s: cannot open object /%s", c->path, name);
+    int rc = NX_OK;
+    if (H5Iget_type(obj) == H5I_DATASET) {
+        int64_t elems = 0;
+        if (dataset_elems(obj, &elems) != 0)
+            rc = nx_err_set(e, NX_EINPUT, "%s: dataset /%s has an unreadable shape", c->path,
+                            name);
+        else
+            rc = calib_add(c, name, elems, e);
+    }
+    H5Oclose(obj);
+    return rc;
+}
+
+/* Soft and external links are skipped: the schema is one plain dataset per buffer. */
+static herr_t visit_link(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)group;
+    calib_visit *v = data;
+    if (info->type != H5L_TYPE_HARD)
+        return 0;
+    v->rc = index_object(v->c, name, v->e);
+    return v->rc ? -1 : 0;
+}
+
+static int calib_load(nx_calib *c, const char *path, nx_err *e)
+{
+    c->path = nx_strdup(path);
+    NX_ALLOC_CHECK(c->path, e, "calibration path");
+    NX_ERROR_IF(nx_strmap_init(&c->index, 64) != 0, e, NX_EIO, "out of memory indexing %s",
+                path);
+    /* Our messages name the file and dataset; HDF5's own stack dump would only add noise. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    c->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    NX_ERROR_IF(c->file < 0, e, NX_EINPUT, "%s: not a readable HDF5 file", path);
+    calib_visit v = { c, e, NX_OK };
+    herr_t status = H5Lvisit(c->file, H5_INDEX_NAME, H5_ITER_INC, visit_link, &v);
+    NX_TRY(v.rc);
+    NX_ERROR_IF(status < 0, e, NX_EINPUT, "%s: cannot list the datasets", path);
+    return NX_OK;
+}
+
+int nx_calib_open(const char *path, nx_calib **out, nx_err *e)
+{
+    *out = NULL;
+    nx_calib *c = calloc(1, sizeof *c);
+    NX_ALLOC_CHECK(c, e, "calibration index");
+    c->file = H5I_INVALID_HID;
+    int rc = calib_load(c, path, e);
+    if (rc != NX_OK) {
+        nx_calib_close(c);
+        return rc;
+    }
+    *out = c;
+    return NX_OK;
+}
+
+void nx_calib_close(nx_calib *c)
+{
+    if (c == NULL)
+        return;
+    if (c->file >= 0)
+        H5Fclose(c->file);
+    for (size_t i = 0; i < c->len; i++)
+        free(c->entries[i].h5path);
+    free(c->entries);
+    nx_strmap_free(&c->index);
+    free(c->path);
+    free(c);
+}
+
+const char *nx_calib_path(const nx_calib *c)
+{
+    return c->path;
+}
+
+int64_t nx_calib_size(const nx_calib *c)
+{
+    return (int64_t)c->len;
+}
+
+static const calib_entry *calib_find(const nx_calib *c, const char *key)
+{
+    int64_t i = nx_strmap_get(&c->index, key);
+    return i < 0 ? NULL : &c->entries[i];
+}
+
+int64_t nx_calib_count(const nx_calib *c, const char *module, const char *quantizer,
+                       const char *buffer)
+{
+    char *key = calib_key(module, quantizer, buffer);
+    const calib_entry *entry = key ? calib_find(c, key) : NULL;
+    free(key);
+    return entry ? entry->elems : -1;
+}
+
+static const char *type_class_name(H5T_class_t cls)
+{
+    switch (cls) {
+    case H5T_INTEGER: return "integer";
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    case H5T_ENUM: return "enum";
+    case H5T_ARRAY: return "array";
+    default: return "non-numeric";
+    }
+}
+
+/* The whole dataset as float32; HDF5 converts from any float width (f16, f32, f64). */
+static int dataset_read_float(hid_t d, const char *file, const char *h5path, float *out,
+                              nx_err *e)
+{
+    hid_t type = H5Dget_type(d);
+    NX_ERROR_IF(type < 0, e, NX_EIO, "%s: dataset %s: cannot read its type", file, h5path);
+    H5T_class_t cls = H5Tget_class(type);
+    H5Tclose(type);
+    NX_ERROR_IF(cls != H5T_FLOAT, e, NX_EINPUT, "%s: dataset %s has %s type, expected float",
+                file, h5path, type_class_name(cls));
+    NX_ERROR_IF(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0, e, NX_EIO,
+                "%s: dataset %s: read failed", file, h5path);
+    return NX_OK;
+}
+
+static int values_check(const float *v, int64_t n, const char *file, const char *h5path,
+                        nx_err *e)
+{
+    for (int64_t i = 0; i < n; i++) {
+        NX_ERROR_IF(isnan(v[i]), e, NX_EINPUT, "%s: dataset %s: value %lld is NaN", file, h5path,
+                    (long long)i);
+        NX_ERROR_IF(isinf(v[i]), e, NX_EINPUT, "%s: dataset %s: value %lld is infinite", file,
+                    h5path, (long long)i);
+        NX_ERROR_IF(v[i] < 0, e, NX_EINPUT, "%s: dataset %s: value %lld is negative (%g)", file,
+                    h5path, (long long)i, (double)v[i]);
+    }
+    return NX_OK;
+}
+
+static int entry_read(const nx_calib *c, const calib_entry *entry, float *out, int64_t n,
+                      nx_err *e)
+{
+    NX_ERROR_IF(entry->elems != n, e, NX_EINPUT, "%s: dataset %s has %lld value%s, expected %lld",
+                c->path, entry->h5path, (long long)entry->elems, entry->elems == 1 ? "" : "s",
+                (long long)n);
+    hid_t d = H5Dopen2(c->file, entry->h5path, H5P_DEFAULT);
+    NX_ERROR_IF(d < 0, e, NX_EIO, "%s: dataset %s: cannot open", c->path, entry->h5path);
+    int rc = dataset_read_float(d, c->path, entry->h5path, out, e);
+    H5Dclose(d);
+    NX_TRY(rc);
+    return values_check(out, n, c->path, entry->h5path, e);
+}
+
+static int report_missing(const nx_calib *c, const char *key, nx_err *e)
+{
+    char *h5path = path_translate(key, '.', '/', 1);
+    int rc = nx_err_set(e, NX_EINPUT, "%s: dataset %s missing", c->path, h5path ? h5path : key);
+    free(h5path);
+    return rc;
+}
+
+int nx_calib_read(const nx_calib *c, const char *module, const char *quantizer,
+                  const char *buffer, float *out, int64_t n, nx_err *e)
+{
+    char *key = calib_key(module, quantizer, buffer);
+    NX_ALLOC_CHECK(key, e, "calibration key");
+    const calib_entry *entry = calib_find(c, key);
+    int rc = entry ? entry_read(c, entry, out, n, e) : report_missing(c, key, e);
+    free(key);
+    return rc;
+}

@@ -1,1 +1,273 @@
-int main(void) { return 0; }
+/* Command line: parses arguments and runs one subcommand. Only this file prints errors. */
+#include <getopt.h>
+#include <mpi.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nvfp4x/export.h"
+#include "nvfp4x/util.h"
+#include "nvfp4x/verify.h"
+#include "nvfp4x/version.h"
+
+#define MAX_EXCLUDES 256
+
+static const char usage_text[] =
+    "usage:\n"
+    "  mpirun -np N nvfp4x export --model SRC --output DST [--calib CALIB.h5] [options]\n"
+    "  nvfp4x verify DST [--model SRC] [--json]\n"
+    "  nvfp4x plan --model SRC [--calib CALIB.h5] [--ranks N] [options]\n"
+    "\n"
+    "Exports a Hugging Face checkpoint plus ModelOpt calibration statistics to an NVFP4\n"
+    "checkpoint in ModelOpt's unified layout (vLLM, SGLang, TensorRT-LLM). Runs on one\n"
+    "process or under mpirun/srun; the output is the same for any number of ranks.\n"
+    "\n"
+    "export and plan options:\n"
+    "  --model DIR            source model directory (config.json + safetensors)\n"
+    "  --output DIR           output directory; must not exist (see --force)\n"
+    "  --calib FILE           calibration statistics (HDF5); required unless --weight-only\n"
+    "  --numerics gpu|cpu     reproduce ModelOpt exports made on GPU (default) or CPU\n"
+    "  --quantize all|mlp|experts  which linears: attention+MLP (default), MLP only,\n"
+    "                         routed experts only\n"
+    "  --exclude GLOB         leave matching modules unquantized (repeatable; '*' spans dots)\n"
+    "  --weight-only          W4A16_NVFP4: no input scales, calibration optional\n"
+    "  --kv-cache auto|fp8|none  FP8 KV-cache scales (auto: fp8 when the calibration has\n"
+    "                         k/v amax for every attention layer)\n"
+    "  --max-shard-size SIZE  largest output shard, e.g. 10GB (default), 500MB, 4GiB\n"
+    "  --threads N            quantization threads per rank (default: the rank's cores)\n"
+    "  --force                replace an existing output or stale staging directory\n"
+    "  --quiet                no progress output\n"
+    "  --ranks N              plan: ranks to plan for (default: the MPI size)\n"
+    "verify options:\n"
+    "  --model DIR            also check shapes and exact re-encoding against the source\n"
+    "  --json                 violations as JSON lines\n"
+    "\n"
+    "Exit status: 0 success, 1 I/O or MPI failure (verify: rule violations), 2 bad input\n"
+    "or usage.\n";
+
+enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
+       OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
+       OPT_JSON, OPT_HELP, OPT_VERSION };
+
+static const struct option long_opts[] = {
+    { "model", required_argument, 0, OPT_MODEL },
+    { "output", required_argument, 0, OPT_OUTPUT },
+    { "calib", required_argument, 0, OPT_CALIB },
+    { "numerics", required_argument, 0, OPT_NUMERICS },
+    { "quantize", required_argument, 0, OPT_QUANTIZE },
+    { "exclude", required_argument, 0, OPT_EXCLUDE },
+    { "weight-only", no_argument, 0, OPT_WEIGHT_ONLY },
+    { "kv-cache", required_argument, 0, OPT_KV },
+    { "max-shard-size", required_argument, 0, OPT_SHARD },
+    { "threads", required_argument, 0, OPT_THREADS },
+    { "force", no_argument, 0, OPT_FORCE },
+    { "quiet", no_argument, 0, OPT_QUIET },
+    { "ranks", required_argument, 0, OPT_RANKS },
+    { "json", no_argument, 0, OPT_JSON },
+    { "help", no_argument, 0, OPT_HELP },
+    { "version", no_argument, 0, OPT_VERSION },
+    { 0, 0, 0, 0 },
+};
+
+typedef struct cli {
+    const char *cmd;
+    nx_export_opts x;
+    const char *excludes[MAX_EXCLUDES];
+    const char *positional;
+    int json;
+} cli;
+
+static int pick(const char *arg, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(arg, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static int parse_int(const char *s, int lo, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > 1 << 20)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_choice(int opt, const char *arg, cli *c, nx_err *e)
+{
+    static const char *const numerics[] = { "gpu", "cpu" };
+    static const char *const policies[] = { "all", "mlp", "experts" };
+    static const char *const kv[] = { "auto", "fp8", "none" };
+    int v;
+    switch (opt) {
+    case OPT_NUMERICS:
+        NX_ERROR_IF((v = pick(arg, numerics, 2)) < 0, e, NX_EINPUT,
+                    "--numerics: expected gpu or cpu, got '%s'", arg);
+        c->x.numerics = v == 0 ? NX_NUMERICS_GPU : NX_NUMERICS_CPU;
+        return NX_OK;
+    case OPT_QUANTIZE:
+        NX_ERROR_IF((v = pick(arg, policies, 3)) < 0, e, NX_EINPUT,
+                    "--quantize: expected all, mlp or experts, got '%s'", arg);
+        c->x.classify.policy = (nx_policy)v;
+        return NX_OK;
+    default:
+        NX_ERROR_IF((v = pick(arg, kv, 3)) < 0, e, NX_EINPUT,
+                    "--kv-cache: expected auto, fp8 or none, got '%s'", arg);
+        c->x.kv = (nx_kv_mode)v;
+        return NX_OK;
+    }
+}
+
+static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
+{
+    switch (opt) {
+    case OPT_MODEL: c->x.model = arg; return NX_OK;
+    case OPT_OUTPUT: c->x.output = arg; return NX_OK;
+    case OPT_CALIB: c->x.calib = arg; return NX_OK;
+    case OPT_WEIGHT_ONLY: c->x.weight_only = 1; return NX_OK;
+    case OPT_FORCE: c->x.force = 1; return NX_OK;
+    case OPT_QUIET: c->x.quiet = 1; return NX_OK;
+    case OPT_JSON: c->json = 1; return NX_OK;
+    case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: return parse_choice(opt, arg, c, e);
+    case OPT_EXCLUDE:
+        NX_ERROR_IF(c->x.classify.n_exclude >= MAX_EXCLUDES, e, NX_EINPUT,
+                    "--exclude: at most %d patterns", MAX_EXCLUDES);
+        c->excludes[c->x.classify.n_exclude++] = arg;
+        return NX_OK;
+    case OPT_SHARD:
+        NX_ERROR_IF(nx_parse_size(arg, &c->x.max_shard_bytes) != 0 || c->x.max_shard_bytes == 0,
+                    e, NX_EINPUT, "--max-shard-size: expected a size like 10GB or 500MiB, "
+                    "got '%s'", arg);
+        return NX_OK;
+    case OPT_THREADS:
+        NX_ERROR_IF(parse_int(arg, 1, &c->x.threads) != 0, e, NX_EINPUT,
+                    "--threads: expected a positive number, got '%s'", arg);
+        return NX_OK;
+    case OPT_RANKS:
+        NX_ERROR_IF(parse_int(arg, 1, &c->x.plan_ranks) != 0, e, NX_EINPUT,
+                    "--ranks: expected a positive number, got '%s'", arg);
+        return NX_OK;
+    default:
+        return nx_err_set(e, NX_EINPUT, "unknown option (see nvfp4x --help)");
+    }
+}
+
+static int parse_args(int argc, char **argv, cli *c, nx_err *e)
+{
+    c->x.max_shard_bytes = 10000000000ULL;
+    c->x.classify.exclude = c->excludes;
+    NX_ERROR_IF(argc < 2, e, NX_EINPUT, "no command given (see nvfp4x --help)");
+    c->cmd = argv[1];
+    if (strcmp(c->cmd, "--help") == 0 || strcmp(c->cmd, "-h") == 0 ||
+        strcmp(c->cmd, "--version") == 0)
+        return NX_OK;
+    NX_ERROR_IF(strcmp(c->cmd, "export") && strcmp(c->cmd, "verify") && strcmp(c->cmd, "plan"),
+                e, NX_EINPUT, "unknown command '%s' (expected export, verify or plan)", c->cmd);
+    optind = 2;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+        if (opt == 'h' || opt == OPT_HELP) {
+            c->cmd = "--help";
+            return NX_OK;
+        }
+        NX_ERROR_IF(opt == '?', e, NX_EINPUT, "%s: unknown option or missing value: %s",
+                    c->cmd, argv[optind - 1]);
+        NX_TRY(parse_opt(opt, optarg, c, e));
+    }
+    if (optind < argc)
+        c->positional = argv[optind++];
+    NX_ERROR_IF(optind < argc, e, NX_EINPUT, "%s: unexpected argument '%s'", c->cmd,
+                argv[optind]);
+    return NX_OK;
+}
+
+static int check_args(const cli *c, nx_err *e)
+{
+    if (strcmp(c->cmd, "verify") == 0) {
+        NX_ERROR_IF(c->positional == NULL, e, NX_EINPUT, "verify: give the checkpoint "
+                    "directory (nvfp4x verify DST)");
+        return NX_OK;
+    }
+    NX_ERROR_IF(c->positional != NULL, e, NX_EINPUT, "%s: unexpected argument '%s'", c->cmd,
+                c->positional);
+    NX_ERROR_IF(c->x.model == NULL, e, NX_EINPUT, "%s: --model is required", c->cmd);
+    NX_ERROR_IF(strcmp(c->cmd, "export") == 0 && c->x.output == NULL, e, NX_EINPUT,
+                "export: --output is required");
+    return NX_OK;
+}
+
+/* Default threads: the cores this rank may run on, shared with the ranks of its node when
+ * the launcher bound none. */
+static int default_threads(MPI_Comm comm)
+{
+    cpu_set_t set;
+    int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    MPI_Comm node;
+    int local = 1;
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &local);
+    MPI_Comm_free(&node);
+    if (cores >= online && local > 1)
+        cores /= local;
+    return cores > 0 ? cores : 1;
+}
+
+static int run_verify(const cli *c, int rank, nx_err *e)
+{
+    if (rank != 0)
+        return NX_OK;
+    nx_verify_opts vo = { .dir = c->positional, .model = c->x.model, .json = c->json };
+    nx_verify_result r = { 0 };
+    NX_TRY(nx_verify_run(&vo, &r, stdout, e));
+    fprintf(stderr, "nvfp4x verify: %s: %lld tensors, %lld quantized modules, %lld "
+            "violation%s", c->positional, (long long)r.n_tensors, (long long)r.n_quantized,
+            (long long)r.n_violations, r.n_violations == 1 ? "" : "s");
+    if (c->x.model)
+        fprintf(stderr, ", worst relative RMS error %.4f", r.worst_rel_rms);
+    fputc('\n', stderr);
+    return r.n_violations ? -1 : NX_OK;
+}
+
+static int run(cli *c, int rank, nx_err *e)
+{
+    if (strcmp(c->cmd, "verify") == 0)
+        return run_verify(c, rank, e);
+    if (c->x.threads == 0)
+        c->x.threads = default_threads(MPI_COMM_WORLD);
+    if (strcmp(c->cmd, "plan") == 0)
+        return nx_plan_run(&c->x, MPI_COMM_WORLD, stdout, e);
+    return nx_export_run(&c->x, MPI_COMM_WORLD, e);
+}
+
+int main(int argc, char **argv)
+{
+    int provided, rank = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    cli c = { 0 };
+    nx_err e = { 0 };
+    int rc = parse_args(argc, argv, &c, &e);
+    if (rc == NX_OK && (strcmp(c.cmd, "--help") == 0 || strcmp(c.cmd, "-h") == 0)) {
+        if (rank == 0)
+            fputs(usage_text, stdout);
+    } else if (rc == NX_OK && strcmp(c.cmd, "--version") == 0) {
+        if (rank == 0)
+            printf("nvfp4x %s\n", NX_VERSION);
+    } else {
+        if (rc == NX_OK)
+            rc = check_args(&c, &e);
+        if (rc == NX_OK)
+            rc = run(&c, rank, &e);
+    }
+    int status = rc == -1 ? 1 : rc; /* -1: verify found violations */
+    if (rc > 0 && rank == 0)
+        fprintf(stderr, "nvfp4x: error: %s\n", e.msg);
+    MPI_Finalize();
+    return status;
+}

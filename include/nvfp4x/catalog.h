@@ -1,0 +1,65 @@
+/* Phase 1, catalog: config.json, the index and every shard header of the source model. */
+#ifndef NVFP4X_CATALOG_H
+#define NVFP4X_CATALOG_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "nvfp4x/error.h"
+#include "nvfp4x/safetensors.h"
+#include "nvfp4x/util.h"
+
+typedef struct nx_tensor {
+    char *name;
+    nx_dtype dtype;
+    int ndim;
+    int64_t shape[NX_MAX_DIMS];
+    int32_t file;    /* index into nx_catalog.files */
+    uint64_t offset; /* absolute byte offset in that file */
+    uint64_t nbytes;
+} nx_tensor;
+
+typedef struct nx_catalog {
+    char *dir;
+    int32_t n_files;
+    char **files;          /* shard file names, relative to dir */
+    int64_t n;
+    nx_tensor *t;          /* sorted in natural name order (layer 2 before layer 10) */
+    nx_strmap by_name;     /* name -> index into t */
+    char *config_text;     /* config.json as read */
+    char model_type[64];
+    int64_t num_hidden_layers;
+    int64_t num_experts;   /* routed experts per MoE layer, 0 for a dense model */
+    uint64_t total_bytes;  /* sum of tensor bytes */
+} nx_catalog;
+
+/* Rank-local: reads dir/config.json, dir/model.safetensors.index.json (or the single
+ * dir/model.safetensors) and every shard header. Every tensor must be in exactly one shard
+ * and, with an index, listed under that shard. */
+int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e);
+/* Rank 0 loads, every rank receives the same catalog. */
+int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e);
+void nx_catalog_free(nx_catalog *c);
+/* Index of the tensor, or -1. */
+int64_t nx_catalog_find(const nx_catalog *c, const char *name);
+/* Elements of a tensor. */
+int64_t nx_tensor_elems(const nx_tensor *t);
+
+/* Read access to the source shards, files opened on first use. */
+typedef struct nx_source {
+    const nx_catalog *c;
+    int *fds; /* per file, -1 until opened */
+} nx_source;
+
+int nx_source_open(nx_source *s, const nx_catalog *c, nx_err *e);
+/* len bytes of the tensor's data starting at byte off within the tensor. */
+int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
+/* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32; raw is scratch of
+ * nrows*cols*dtype-size bytes. */
+int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                            float *dst, void *raw, nx_err *e);
+/* The path of a tensor's file, for messages (static buffer per call). */
+const char *nx_source_path(const nx_source *s, int64_t tensor);
+void nx_source_close(nx_source *s);
+
+#endif

@@ -1,0 +1,53 @@
+/* Phase 2, classify: which linears are quantized, fused groups, MoE expert sets, the exclude
+ * list (DESIGN.md "Rules"). Deterministic from names and config.json alone. */
+#ifndef NVFP4X_CLASSIFY_H
+#define NVFP4X_CLASSIFY_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "nvfp4x/catalog.h"
+#include "nvfp4x/error.h"
+
+typedef enum nx_policy {
+    NX_POLICY_ALL,     /* ModelOpt nvfp4: attention and MLP linears */
+    NX_POLICY_MLP,     /* nvfp4_mlp_only: dense MLP, shared and routed experts */
+    NX_POLICY_EXPERTS  /* nvfp4_experts_only: routed experts */
+} nx_policy;
+
+typedef struct nx_classify_opts {
+    nx_policy policy;
+    const char *const *exclude; /* --exclude globs on module names */
+    int n_exclude;
+} nx_classify_opts;
+
+/* A quantized linear module. */
+typedef struct nx_qmod {
+    int64_t tensor;   /* catalog index of <module>.weight */
+    int64_t group;    /* fused group: members share weight and input amax */
+    int64_t slot;     /* routed expert: (MoE layer, projection kind) input-amax slot, else -1 */
+    int64_t rows, cols;
+} nx_qmod;
+
+typedef struct nx_classes {
+    int64_t n_q;
+    nx_qmod *q;            /* catalog order */
+    int64_t *qmod_of;      /* per catalog tensor: index into q, or -1 */
+    int64_t n_groups, n_slots;
+    char **slot_names;     /* "model.layers.1.mlp gate/up" etc., for messages */
+    int64_t n_excluded;
+    char **excluded;       /* modules with a 2-D weight left unquantized, natural order */
+    int64_t n_patterns;
+    char **patterns;       /* exclude_modules as ModelOpt summarizes them, sorted */
+    int64_t n_attn;
+    char **attn;           /* attention modules of the decoder layers (not MTP), natural order */
+    int64_t n_warnings;    /* linears excluded for in_features % 16 != 0 */
+} nx_classes;
+
+int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,
+                nx_err *e);
+void nx_classes_free(nx_classes *k);
+/* Module name of a quantized module (the weight's name without ".weight"), malloc'd. */
+char *nx_qmod_name(const nx_catalog *c, const nx_qmod *q);
+
+#endif

@@ -1,0 +1,31 @@
+/* The export pipeline: the seven phases of DESIGN.md in order, on every rank. */
+#ifndef NVFP4X_EXPORT_H
+#define NVFP4X_EXPORT_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "nvfp4x/classify.h"
+#include "nvfp4x/quantize.h"
+
+typedef enum nx_kv_mode { NX_KV_AUTO, NX_KV_FP8, NX_KV_NONE } nx_kv_mode;
+
+typedef struct nx_export_opts {
+    const char *model, *output, *calib;
+    nx_numerics numerics;
+    nx_classify_opts classify;
+    int weight_only;
+    nx_kv_mode kv;
+    uint64_t max_shard_bytes;
+    int threads;
+    int quiet;
+    int force;
+    int plan_ranks;  /* plan: ranks to plan for */
+} nx_export_opts;
+
+int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e);
+/* Dry run (rank 0 prints): classification, groups, exclusions, per-rank bytes, shards. */
+int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e);
+
+#endif

@@ -1,0 +1,29 @@
+/* Phase 3, calibration: each quantized module's statistics from the calibration file, read
+ * by rank 0 and broadcast (DESIGN.md "Calibration file"). */
+#ifndef NVFP4X_STATS_H
+#define NVFP4X_STATS_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "nvfp4x/catalog.h"
+#include "nvfp4x/classify.h"
+
+#define NX_ABSENT (-1.0f)
+
+typedef struct nx_stats {
+    int64_t n_q;
+    float *in_amax;    /* per quantized module: input amax, NX_ABSENT when none */
+    float *w_amax;     /* weight amax: scalar _amax, or _global_amax when static; or absent */
+    uint8_t *w_static; /* 1: per-block _amax (rows*cols/16 values) with _global_amax */
+    int64_t n_attn;
+    float *k_amax, *v_amax; /* per attention, NX_ABSENT when none */
+    int has_kv;        /* k and v amax for every attention */
+} nx_stats;
+
+/* calib_path may be NULL (weight-only export): every statistic is then absent. */
+int nx_stats_gather(const char *calib_path, const nx_catalog *c, const nx_classes *k,
+                    nx_stats *s, MPI_Comm comm, nx_err *e);
+void nx_stats_free(nx_stats *s);
+
+#endif

@@ -1,0 +1,29 @@
+/* Phase 5, amax sync: weight amax that calibration lacks is computed by the tensor's owner;
+ * one MPI_Allreduce(MAX) unifies every fused group; the expert input amax is the layer max
+ * (DESIGN.md "Amax resolution"). */
+#ifndef NVFP4X_SYNC_H
+#define NVFP4X_SYNC_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "nvfp4x/catalog.h"
+#include "nvfp4x/classify.h"
+#include "nvfp4x/plan.h"
+#include "nvfp4x/stats.h"
+
+typedef struct nx_amax {
+    float *w;                /* per quantized module: resolved weight amax (group max) */
+    float *in;               /* resolved input amax; unused with weight-only */
+    uint8_t *w_from_weight;  /* fallback used: amax computed from the weight */
+    uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
+} nx_amax;
+
+int nx_amax_sync(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                 const nx_plan *p, int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
+void nx_amax_free(nx_amax *a);
+
+/* max |W| of a 2-D source weight, streamed in row blocks; NaN or Inf is an error naming it. */
+int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e);
+
+#endif

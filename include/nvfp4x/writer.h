@@ -1,0 +1,31 @@
+/* Phase 6, quantize and write: each rank streams its tensors (read -> quantize with threads ->
+ * pwrite at the planned offset). Memory stays bounded by a few row blocks. */
+#ifndef NVFP4X_WRITER_H
+#define NVFP4X_WRITER_H
+
+#include <mpi.h>
+
+#include "nvfp4x/catalog.h"
+#include "nvfp4x/classify.h"
+#include "nvfp4x/plan.h"
+#include "nvfp4x/quantize.h"
+#include "nvfp4x/stats.h"
+#include "nvfp4x/sync.h"
+
+typedef struct nx_write_opts {
+    nx_numerics numerics;
+    int threads;            /* per rank, >= 1 */
+    int quiet;
+    const char *calib_path; /* for static per-block amax */
+} nx_write_opts;
+
+/* Rank 0: creates each shard in dir at its final size with its header written. */
+int nx_shards_create(const nx_plan *p, const char *dir, nx_err *e);
+
+/* Every rank: produces the outputs of the work it owns into the shards in dir. A failure on
+ * any rank stops all ranks promptly; the returned status is agreed. */
+int nx_write_run(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                 const nx_amax *a, const nx_plan *p, const char *dir, const nx_write_opts *o,
+                 MPI_Comm comm, nx_err *e);
+
+#endif

@@ -1,0 +1,286 @@
+/* Phase 7: metadata files and the atomic commit. */
+#include "nvfp4x/assemble.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nvfp4x/util.h"
+#include "nvfp4x/version.h"
+
+static int write_json(const char *dir, const char *name, cJSON *doc, nx_err *e)
+{
+    char *text = doc ? cJSON_Print(doc) : NULL;
+    char *line = text ? nx_asprintf("%s\n", text) : NULL;
+    char *path = nx_path_join(dir, name);
+    int rc = line && path ? nx_file_write_all(path, line, strlen(line), e)
+                          : nx_err_set(e, NX_EIO, "out of memory writing %s", name);
+    free(text);
+    free(line);
+    free(path);
+    return rc;
+}
+
+static const nx_out *g_index_out;
+
+static int cmp_out_index(const void *a, const void *b)
+{
+    return strcmp(g_index_out[*(const int64_t *)a].name, g_index_out[*(const int64_t *)b].name);
+}
+
+/* As Hugging Face writes it: keys sorted; no index for a single model.safetensors. */
+static int write_index(const nx_plan *p, const char *dir, nx_err *e)
+{
+    if (p->n_shards == 1)
+        return NX_OK;
+    int64_t *ord = malloc(((size_t)p->n_out + 1) * sizeof *ord);
+    NX_ALLOC_CHECK(ord, e, "the index");
+    for (int64_t i = 0; i < p->n_out; i++)
+        ord[i] = i;
+    g_index_out = p->out;
+    qsort(ord, (size_t)p->n_out, sizeof *ord, cmp_out_index);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(doc, "metadata");
+    cJSON_AddNumberToObject(meta, "total_size", (double)p->total_tensor_bytes);
+    cJSON *map = cJSON_AddObjectToObject(doc, "weight_map");
+    for (int64_t i = 0; map && i < p->n_out; i++) {
+        const nx_out *o = &p->out[ord[i]];
+        cJSON_AddStringToObject(map, o->name, p->shard_names[o->shard]);
+    }
+    free(ord);
+    int rc = write_json(dir, "model.safetensors.index.json", map ? doc : NULL, e);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+static cJSON *string_array(char **items, int64_t n)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (int64_t i = 0; arr && i < n; i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(items[i]));
+    return arr;
+}
+
+static cJSON *producer(void)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "name", "modelopt");
+    cJSON_AddStringToObject(p, "version", "nvfp4x-" NX_VERSION);
+    return p;
+}
+
+static const char *quant_algo(const nx_assemble_opts *o)
+{
+    return o->weight_only ? "W4A16_NVFP4" : "NVFP4";
+}
+
+/* hf_quant_config.json, the nested form TensorRT-LLM reads (CONSUMERS.md C2). */
+static int write_hf_quant_config(const nx_classes *k, const nx_assemble_opts *o,
+                                 const char *dir, nx_err *e)
+{
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "producer", producer());
+    cJSON *q = cJSON_AddObjectToObject(doc, "quantization");
+    cJSON_AddStringToObject(q, "quant_algo", quant_algo(o));
+    if (o->kv_fp8)
+        cJSON_AddStringToObject(q, "kv_cache_quant_algo", "FP8");
+    else
+        cJSON_AddNullToObject(q, "kv_cache_quant_algo");
+    cJSON_AddNumberToObject(q, "group_size", 16);
+    cJSON_AddItemToObject(q, "exclude_modules", string_array(k->patterns, k->n_patterns));
+    int rc = write_json(dir, "hf_quant_config.json", doc, e);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+static cJSON *fp4_args(void)
+{
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddFalseToObject(a, "dynamic");
+    cJSON_AddNumberToObject(a, "num_bits", 4);
+    cJSON_AddStringToObject(a, "type", "float");
+    cJSON_AddNumberToObject(a, "group_size", 16);
+    return a;
+}
+
+/* config.json quantization_config, the flat form vLLM and SGLang read (C3). */
+static cJSON *quantization_config(const nx_classes *k, const nx_assemble_opts *o)
+{
+    cJSON *qc = cJSON_CreateObject();
+    cJSON_AddStringToObject(qc, "quant_method", "modelopt");
+    cJSON_AddStringToObject(qc, "quant_algo", quant_algo(o));
+    if (o->kv_fp8)
+        cJSON_AddStringToObject(qc, "kv_cache_quant_algo", "FP8");
+    else
+        cJSON_AddNullToObject(qc, "kv_cache_quant_algo");
+    cJSON_AddNumberToObject(qc, "group_size", 16);
+    cJSON_AddItemToObject(qc, "ignore", string_array(k->patterns, k->n_patterns));
+    cJSON_AddItemToObject(qc, "producer", producer());
+    cJSON *g0 = cJSON_AddObjectToObject(cJSON_AddObjectToObject(qc, "config_groups"), "group_0");
+    cJSON_AddItemToObject(g0, "weights", fp4_args());
+    cJSON_AddItemToObject(g0, "input_activations", o->weight_only ? cJSON_CreateNull()
+                                                                  : fp4_args());
+    cJSON *targets = cJSON_AddArrayToObject(g0, "targets");
+    cJSON_AddItemToArray(targets, cJSON_CreateString("Linear"));
+    if (o->kv_fp8) {
+        cJSON *kv = cJSON_AddObjectToObject(qc, "kv_cache_scheme");
+        cJSON_AddFalseToObject(kv, "dynamic");
+        cJSON_AddNumberToObject(kv, "num_bits", 8);
+        cJSON_AddStringToObject(kv, "type", "float");
+    } else {
+        cJSON_AddNullToObject(qc, "kv_cache_scheme");
+    }
+    return qc;
+}
+
+static int write_config(const nx_catalog *c, const nx_classes *k, const nx_assemble_opts *o,
+                        const char *dir, nx_err *e)
+{
+    cJSON *cfg = cJSON_Parse(c->config_text);
+    NX_ERROR_IF(cfg == NULL, e, NX_EINPUT, "%s/config.json: not valid JSON", c->dir);
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
+    cJSON_AddItemToObject(cfg, "quantization_config", quantization_config(k, o));
+    int rc = write_json(dir, "config.json", cfg, e);
+    cJSON_Delete(cfg);
+    return rc;
+}
+
+/* Files the export writes itself, or that describe the source weights only. */
+static int is_generated(const char *name)
+{
+    size_t n = strlen(name);
+    static const char *const own[] = { "config.json", "hf_quant_config.json",
+                                       "model.safetensors.index.json" };
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (strcmp(name, own[i]) == 0)
+            return 1;
+    return (n > 12 && strcmp(name + n - 12, ".safetensors") == 0) ||
+           (n > 23 && strcmp(name + n - 23, ".safetensors.index.json") == 0);
+}
+
+/* Tokenizer, chat template, generation config, *.py: every other top-level regular file. */
+static int copy_other_files(const nx_catalog *c, const char *dir, nx_err *e)
+{
+    DIR *d = opendir(c->dir);
+    if (d == NULL)
+        return nx_err_errno(e, NX_EINPUT, "%s: cannot list", c->dir);
+    int rc = NX_OK;
+    struct dirent *ent;
+    while (rc == NX_OK && (ent = readdir(d)) != NULL) {
+        if (ent->d_name[0] == '.' || is_generated(ent->d_name))
+            continue;
+        char *src = nx_path_join(c->dir, ent->d_name), *dst = nx_path_join(dir, ent->d_name);
+        struct stat st;
+        if (src == NULL || dst == NULL)
+            rc = nx_err_set(e, NX_EIO, "out of memory");
+        else if (stat(src, &st) == 0 && S_ISREG(st.st_mode))
+            rc = nx_file_copy(src, dst, e);
+        free(src);
+        free(dst);
+    }
+    closedir(d);
+    return rc;
+}
+
+int nx_assemble_write(const nx_catalog *c, const nx_classes *k, const nx_plan *p,
+                      const nx_assemble_opts *o, const char *dir, nx_err *e)
+{
+    NX_TRY(copy_other_files(c, dir, e));
+    NX_TRY(write_index(p, dir, e));
+    NX_TRY(write_hf_quant_config(k, o, dir, e));
+    return write_config(c, k, o, dir, e);
+}
+
+static int unlink_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int nx_remove_tree(const char *path)
+{
+    return nftw(path, unlink_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int nx_staging_create(const char *dst, int force, char **staging, nx_err *e)
+{
+    *staging = NULL;
+    char *path = nx_asprintf("%s.nvfp4x-staging", dst);
+    NX_ALLOC_CHECK(path, e, "a path");
+    struct stat st;
+    int rc = NX_OK;
+    if (!force && stat(dst, &st) == 0)
+        rc = nx_err_set(e, NX_EINPUT, "%s: output already exists (use --force to replace it)",
+                        dst);
+    else if (stat(path, &st) == 0 && !force)
+        rc = nx_err_set(e, NX_EINPUT, "%s: staging directory of an earlier run exists (use "
+                        "--force to discard it)", path);
+    else if (stat(path, &st) == 0 && nx_remove_tree(path) != 0)
+        rc = nx_err_errno(e, NX_EIO, "%s: cannot remove", path);
+    if (rc == NX_OK && mkdir(path, 0755) != 0)
+        rc = nx_err_errno(e, NX_EIO, "%s: cannot create", path);
+    if (rc == NX_OK)
+        *staging = path; /* only now is it ours to remove on failure */
+    else
+        free(path);
+    return rc;
+}
+
+static int fsync_path(const char *path, nx_err *e)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nx_err_errno(e, NX_EIO, "%s: cannot open to fsync", path);
+    int rc = fsync(fd) == 0 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: fsync failed", path);
+    close(fd);
+    return rc;
+}
+
+/* The parent directory of path (for fsync after rename), malloc'd. */
+static char *parent_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return nx_strdup(".");
+    if (slash == path)
+        return nx_strdup("/");
+    return nx_asprintf("%.*s", (int)(slash - path), path);
+}
+
+int nx_staging_commit(const char *staging, const char *dst, int force, nx_err *e)
+{
+    NX_TRY(fsync_path(staging, e));
+    char *old = NULL;
+    struct stat st;
+    if (force && stat(dst, &st) == 0) {
+        old = nx_asprintf("%s.nvfp4x-old", dst);
+        NX_ALLOC_CHECK(old, e, "a path");
+        if (rename(dst, old) != 0) {
+            free(old);
+            return nx_err_errno(e, NX_EIO, "%s: cannot move the old output aside", dst);
+        }
+    }
+    int rc = rename(staging, dst) == 0
+                 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: cannot rename to %s", staging, dst);
+    if (old) {
+        if (rc == NX_OK)
+            nx_remove_tree(old);
+        else
+            rename(old, dst);
+        free(old);
+    }
+    char *parent = parent_of(dst);
+    if (rc == NX_OK && parent)
+        rc = fsync_path(parent, e);
+    free(parent);
+    return rc;
+}

@@ -1,0 +1,378 @@
+#include "nvfp4x/catalog.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "nvfp4x/comm.h"
+#include "nvfp4x/quantize.h"
+
+int64_t nx_tensor_elems(const nx_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++)
+        n *= t->shape[d];
+    return n;
+}
+
+int64_t nx_catalog_find(const nx_catalog *c, const char *name)
+{
+    return nx_strmap_get(&c->by_name, name);
+}
+
+void nx_catalog_free(nx_catalog *c)
+{
+    for (int64_t i = 0; i < c->n; i++)
+        free(c->t[i].name);
+    for (int32_t f = 0; f < c->n_files; f++)
+        free(c->files[f]);
+    free(c->t);
+    free(c->files);
+    free(c->dir);
+    free(c->config_text);
+    nx_strmap_free(&c->by_name);
+    memset(c, 0, sizeof *c);
+}
+
+static int64_t json_int(const cJSON *obj, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, *keys);
+        if (cJSON_IsNumber(v))
+            return (int64_t)v->valuedouble;
+    }
+    return -1;
+}
+
+/* Model-level facts the classifier needs. Multimodal configs keep them in text_config. */
+static int read_config(nx_catalog *c, nx_err *e)
+{
+    char *path = nx_path_join(c->dir, "config.json");
+    NX_ALLOC_CHECK(path, e, "a path");
+    int rc = nx_file_read_all(path, &c->config_text, NULL, e);
+    cJSON *cfg = rc ? NULL : cJSON_Parse(c->config_text);
+    if (rc == NX_OK && !cJSON_IsObject(cfg))
+        rc = nx_err_set(e, NX_EINPUT, "%s: not a JSON object", path);
+    if (rc == NX_OK) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text_config");
+        const cJSON *src = cJSON_IsObject(text) ? text : cfg;
+        static const char *const layers[] = { "num_hidden_layers", "n_layer", NULL };
+        static const char *const experts[] = { "n_routed_experts", "num_experts",
+                                               "num_local_experts", NULL };
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(src, "model_type");
+        if (cJSON_IsString(mt))
+            snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
+        c->num_hidden_layers = json_int(src, layers);
+        c->num_experts = json_int(src, experts);
+        if (c->num_experts < 0)
+            c->num_experts = 0;
+        if (c->num_hidden_layers <= 0)
+            rc = nx_err_set(e, NX_EINPUT, "%s: num_hidden_layers missing or not positive", path);
+    }
+    cJSON_Delete(cfg);
+    free(path);
+    return rc;
+}
+
+static int add_file(nx_catalog *c, const char *name, nx_strmap *files, int32_t *idx, nx_err *e)
+{
+    int64_t found = nx_strmap_get(files, name);
+    if (found >= 0) {
+        *idx = (int32_t)found;
+        return NX_OK;
+    }
+    char **grown = realloc(c->files, (size_t)(c->n_files + 1) * sizeof *grown);
+    NX_ALLOC_CHECK(grown, e, "the shard list");
+    c->files = grown;
+    c->files[c->n_files] = nx_strdup(name);
+    NX_ALLOC_CHECK(c->files[c->n_files], e, "a shard name");
+    NX_ERROR_IF(nx_strmap_put(files, name, c->n_files) < 0, e, NX_EIO, "out of memory");
+    *idx = c->n_files++;
+    return NX_OK;
+}
+
+/* weight_map entries: name -> file index (map), and the set of files in first-seen order. */
+static int read_index(nx_catalog *c, const char *path, nx_strmap *expect, nx_err *e)
+{
+    char *text = NULL;
+    NX_TRY(nx_file_read_all(path, &text, NULL, e));
+    cJSON *doc = cJSON_Parse(text);
+    free(text);
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(doc, "weight_map");
+    int rc = cJSON_IsObject(wm) ? NX_OK
+                                : nx_err_set(e, NX_EINPUT, "%s: no \"weight_map\" object", path);
+    nx_strmap files = { 0 };
+    if (rc == NX_OK && (nx_strmap_init(&files, 64) || nx_strmap_init(expect, 1024)))
+        rc = nx_err_set(e, NX_EIO, "out of memory reading %s", path);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, wm) {
+        if (rc)
+            break;
+        int32_t f;
+        if (!cJSON_IsString(it) || strchr(it->valuestring, '/') != NULL) {
+            rc = nx_err_set(e, NX_EINPUT, "%s: weight_map entry \"%s\" is not a file name in "
+                            "the model directory", path, it->string);
+            break;
+        }
+        rc = add_file(c, it->valuestring, &files, &f, e);
+        if (rc == NX_OK && nx_strmap_put(expect, it->string, f) != 0)
+            rc = nx_err_set(e, NX_EINPUT, "%s: tensor %s listed twice", path, it->string);
+    }
+    nx_strmap_free(&files);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+static int append_shard(nx_catalog *c, int32_t f, const nx_st_header *h, int64_t *cap, nx_err *e)
+{
+    if (c->n + h->n > *cap) {
+        int64_t ncap = *cap ? *cap : 1024;
+        while (ncap < c->n + h->n)
+            ncap *= 2;
+        nx_tensor *grown = realloc(c->t, (size_t)ncap * sizeof *grown);
+        NX_ALLOC_CHECK(grown, e, "the catalog");
+        c->t = grown;
+        *cap = ncap;
+    }
+    for (int64_t i = 0; i < h->n; i++) {
+        const nx_st_tensor *s = &h->tensors[i];
+        nx_tensor *t = &c->t[c->n];
+        memset(t, 0, sizeof *t);
+        t->name = nx_strdup(s->name);
+        NX_ALLOC_CHECK(t->name, e, "a tensor name");
+        c->n++;
+        t->dtype = s->dtype;
+        t->ndim = s->ndim;
+        memcpy(t->shape, s->shape, sizeof t->shape);
+        t->file = f;
+        t->offset = h->data_start + s->begin;
+        t->nbytes = s->end - s->begin;
+        c->total_bytes += t->nbytes;
+    }
+    return NX_OK;
+}
+
+static int read_shards(nx_catalog *c, nx_err *e)
+{
+    int64_t cap = 0;
+    for (int32_t f = 0; f < c->n_files; f++) {
+        char *path = nx_path_join(c->dir, c->files[f]);
+        NX_ALLOC_CHECK(path, e, "a path");
+        nx_st_header h = { 0 };
+        int rc = access(path, F_OK) == 0
+                     ? nx_st_header_read(path, &h, e)
+                     : nx_err_errno(e, NX_EINPUT, "%s: shard listed in the index is missing",
+                                    path);
+        if (rc == NX_OK)
+            rc = append_shard(c, f, &h, &cap, e);
+        nx_st_header_free(&h);
+        free(path);
+        NX_TRY(rc);
+    }
+    return NX_OK;
+}
+
+static int cmp_tensor(const void *a, const void *b)
+{
+    return nx_natural_cmp(((const nx_tensor *)a)->name, ((const nx_tensor *)b)->name);
+}
+
+/* Sort, build the name map, and check every tensor against the index. */
+static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *index_path,
+                         nx_err *e)
+{
+    qsort(c->t, (size_t)c->n, sizeof *c->t, cmp_tensor);
+    NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
+    for (int64_t i = 0; i < c->n; i++) {
+        const nx_tensor *t = &c->t[i];
+        NX_ERROR_IF(nx_strmap_put(&c->by_name, t->name, i) != 0, e, NX_EINPUT,
+                    "%s/%s: tensor %s also appears in another shard", c->dir,
+                    c->files[t->file], t->name);
+        if (expect == NULL)
+            continue;
+        int64_t f = nx_strmap_get(expect, t->name);
+        NX_ERROR_IF(f != t->file, e, NX_EINPUT, "%s: tensor %s is in %s but the index %s",
+                    index_path, t->name, c->files[t->file],
+                    f < 0 ? "does not list it" : "lists another shard");
+    }
+    NX_ERROR_IF(expect && (int64_t)expect->len != c->n, e, NX_EINPUT,
+                "%s: lists %zu tensors but the shards hold %lld", index_path, expect->len,
+                (long long)c->n);
+    return NX_OK;
+}
+
+int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
+{
+    memset(c, 0, sizeof *c);
+    c->dir = nx_strdup(dir);
+    NX_ALLOC_CHECK(c->dir, e, "a path");
+    NX_TRY(read_config(c, e));
+    char *index = nx_path_join(dir, "model.safetensors.index.json");
+    NX_ALLOC_CHECK(index, e, "a path");
+    nx_strmap expect = { 0 };
+    int has_index = access(index, F_OK) == 0, rc = NX_OK;
+    if (has_index) {
+        rc = read_index(c, index, &expect, e);
+    } else {
+        int32_t f;
+        nx_strmap files = { 0 };
+        char *single = nx_path_join(dir, "model.safetensors");
+        if (single && access(single, F_OK) != 0)
+            rc = nx_err_set(e, NX_EINPUT, "%s: neither model.safetensors.index.json nor "
+                            "model.safetensors found", dir);
+        free(single);
+        if (rc == NX_OK)
+            rc = nx_strmap_init(&files, 4) ? nx_err_set(e, NX_EIO, "out of memory")
+                                           : add_file(c, "model.safetensors", &files, &f, e);
+        nx_strmap_free(&files);
+    }
+    if (rc == NX_OK)
+        rc = read_shards(c, e);
+    if (rc == NX_OK)
+        rc = index_tensors(c, has_index ? &expect : NULL, index, e);
+    nx_strmap_free(&expect);
+    free(index);
+    return rc;
+}
+
+static void pack_catalog(const nx_catalog *c, nx_buf *b)
+{
+    nx_buf_put_str(b, c->dir);
+    nx_buf_put_str(b, c->config_text);
+    nx_buf_put(b, c->model_type, sizeof c->model_type);
+    nx_buf_put_u64(b, (uint64_t)c->num_hidden_layers);
+    nx_buf_put_u64(b, (uint64_t)c->num_experts);
+    nx_buf_put_u64(b, (uint64_t)c->n_files);
+    for (int32_t f = 0; f < c->n_files; f++)
+        nx_buf_put_str(b, c->files[f]);
+    nx_buf_put_u64(b, (uint64_t)c->n);
+    for (int64_t i = 0; i < c->n; i++) {
+        const nx_tensor *t = &c->t[i];
+        nx_buf_put_str(b, t->name);
+        nx_buf_put_u64(b, (uint64_t)t->dtype | (uint64_t)t->ndim << 8 |
+                              (uint64_t)(uint32_t)t->file << 16);
+        for (int d = 0; d < t->ndim; d++)
+            nx_buf_put_u64(b, (uint64_t)t->shape[d]);
+        nx_buf_put_u64(b, t->offset);
+        nx_buf_put_u64(b, t->nbytes);
+    }
+}
+
+static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
+{
+    memset(c, 0, sizeof *c);
+    c->dir = nx_buf_get_str(b);
+    c->config_text = nx_buf_get_str(b);
+    nx_buf_get(b, c->model_type, sizeof c->model_type);
+    c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
+    c->num_experts = (int64_t)nx_buf_get_u64(b);
+    int32_t nf = (int32_t)nx_buf_get_u64(b);
+    c->files = calloc((size_t)nf + 1, sizeof *c->files);
+    NX_ALLOC_CHECK(c->files, e, "the shard list");
+    for (; c->n_files < nf; c->n_files++)
+        c->files[c->n_files] = nx_buf_get_str(b);
+    int64_t n = (int64_t)nx_buf_get_u64(b);
+    c->t = calloc((size_t)n + 1, sizeof *c->t);
+    NX_ALLOC_CHECK(c->t, e, "the catalog");
+    for (; c->n < n && !b->failed; c->n++) {
+        nx_tensor *t = &c->t[c->n];
+        t->name = nx_buf_get_str(b);
+        uint64_t packed = nx_buf_get_u64(b);
+        t->dtype = (nx_dtype)(packed & 0xFF);
+        t->ndim = (int)((packed >> 8) & 0xFF);
+        t->file = (int32_t)(packed >> 16);
+        for (int d = 0; d < t->ndim && d < NX_MAX_DIMS; d++)
+            t->shape[d] = (int64_t)nx_buf_get_u64(b);
+        t->offset = nx_buf_get_u64(b);
+        t->nbytes = nx_buf_get_u64(b);
+        c->total_bytes += t->nbytes;
+    }
+    NX_ERROR_IF(b->failed, e, NX_EIO, "the broadcast catalog is damaged or memory ran out");
+    NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
+    for (int64_t i = 0; i < c->n; i++)
+        NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
+    return NX_OK;
+}
+
+int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)
+{
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int rc = rank == 0 ? nx_catalog_load(dir, c, e) : NX_OK;
+    NX_TRY(nx_agree(rc, e, comm));
+    if (size == 1)
+        return NX_OK;
+    nx_buf b = { 0 };
+    if (rank == 0) {
+        pack_catalog(c, &b);
+        rc = b.failed ? nx_err_set(e, NX_EIO, "out of memory packing the catalog") : NX_OK;
+    }
+    rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK)
+        rc = nx_buf_bcast(&b, 0, comm, e);
+    if (rc == NX_OK && rank != 0)
+        rc = unpack_catalog(c, &b, e);
+    nx_buf_free(&b);
+    return nx_agree(rc, e, comm);
+}
+
+int nx_source_open(nx_source *s, const nx_catalog *c, nx_err *e)
+{
+    s->c = c;
+    s->fds = malloc(((size_t)c->n_files + 1) * sizeof *s->fds);
+    NX_ALLOC_CHECK(s->fds, e, "file table");
+    for (int32_t f = 0; f < c->n_files; f++)
+        s->fds[f] = -1;
+    return NX_OK;
+}
+
+const char *nx_source_path(const nx_source *s, int64_t tensor)
+{
+    static _Thread_local char path[4096];
+    snprintf(path, sizeof path, "%s/%s", s->c->dir, s->c->files[s->c->t[tensor].file]);
+    return path;
+}
+
+int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e)
+{
+    const nx_tensor *t = &s->c->t[tensor];
+    const char *path = nx_source_path(s, tensor);
+    if (s->fds[t->file] < 0) {
+        s->fds[t->file] = open(path, O_RDONLY | O_CLOEXEC);
+        if (s->fds[t->file] < 0)
+            return nx_err_errno(e, NX_EINPUT, "%s: cannot open", path);
+    }
+    NX_ERROR_IF(off + len > t->nbytes, e, NX_EIO, "internal: read past tensor %s", t->name);
+    int rc = nx_pread_full(s->fds[t->file], buf, len, t->offset + off, path, e);
+    if (rc && e->code == NX_EINPUT)
+        snprintf(e->msg + strlen(e->msg), sizeof e->msg - strlen(e->msg),
+                 " while reading tensor %s", t->name);
+    return rc;
+}
+
+int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                            float *dst, void *raw, nx_err *e)
+{
+    const nx_tensor *t = &s->c->t[tensor];
+    size_t esz = nx_dtype_size(t->dtype);
+    uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
+    NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,
+                          (size_t)((uint64_t)nrows * row_bytes), e));
+    NX_ERROR_IF(nx_widen_f32(raw, t->dtype, nrows * t->shape[1], dst) != 0, e, NX_EINPUT,
+                "%s: tensor %s has dtype %s; quantized weights must be BF16, F16 or F32",
+                nx_source_path(s, tensor), t->name, nx_dtype_name(t->dtype));
+    return NX_OK;
+}
+
+void nx_source_close(nx_source *s)
+{
+    for (int32_t f = 0; s->fds && f < s->c->n_files; f++)
+        if (s->fds[f] >= 0)
+            close(s->fds[f]);
+    free(s->fds);
+    s->fds = NULL;
+}

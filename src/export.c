@@ -1,0 +1,219 @@
+/* Orchestrates the phases; each ends with every rank agreeing on success. */
+#include "nvfp4x/export.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nvfp4x/assemble.h"
+#include "nvfp4x/catalog.h"
+#include "nvfp4x/comm.h"
+#include "nvfp4x/plan.h"
+#include "nvfp4x/stats.h"
+#include "nvfp4x/sync.h"
+#include "nvfp4x/util.h"
+#include "nvfp4x/writer.h"
+
+typedef struct pipeline {
+    const nx_export_opts *o;
+    MPI_Comm comm;
+    int rank, size;
+    nx_catalog cat;
+    nx_classes cls;
+    nx_stats stats;
+    nx_plan plan;
+    nx_amax amax;
+    int kv_fp8;
+    char *staging;
+} pipeline;
+
+static void say(const pipeline *pl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const pipeline *pl, const char *fmt, ...)
+{
+    if (pl->o->quiet || pl->rank != 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nvfp4x: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* Phases 1-2: catalog on rank 0, broadcast; classification on every rank. */
+static int phase_catalog(pipeline *pl, nx_err *e)
+{
+    NX_TRY(nx_catalog_load_bcast(pl->o->model, &pl->cat, pl->comm, e));
+    char total[32];
+    nx_format_bytes(pl->cat.total_bytes, total, sizeof total);
+    say(pl, "catalog: %lld tensors in %d files, %s (%s, %lld layers, %lld experts per MoE "
+        "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
+        pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
+        (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
+    FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
+    int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    say(pl, "classify: %lld quantized linears in %lld fused groups, %lld MoE expert slots, "
+        "%lld modules excluded (%lld exclude patterns)", (long long)pl->cls.n_q,
+        (long long)pl->cls.n_groups, (long long)pl->cls.n_slots,
+        (long long)pl->cls.n_excluded, (long long)pl->cls.n_patterns);
+    return NX_OK;
+}
+
+/* Phase 3: statistics, and whether KV-cache scales are written. */
+static int phase_calib(pipeline *pl, nx_err *e)
+{
+    const nx_export_opts *o = pl->o;
+    NX_ERROR_IF(o->calib == NULL && !o->weight_only, e, NX_EINPUT,
+                "--calib is required (activation scales come from calibration) unless "
+                "--weight-only");
+    NX_TRY(nx_stats_gather(o->calib, &pl->cat, &pl->cls, &pl->stats, pl->comm, e));
+    NX_ERROR_IF(o->kv == NX_KV_FP8 && !pl->stats.has_kv, e, NX_EINPUT,
+                "--kv-cache fp8: %s lacks k_bmm_quantizer/_amax or v_bmm_quantizer/_amax for "
+                "some attention layer", o->calib ? o->calib : "(no calibration file)");
+    pl->kv_fp8 = o->kv == NX_KV_FP8 || (o->kv == NX_KV_AUTO && pl->stats.has_kv);
+    say(pl, "calibration: %s; KV cache %s", o->calib ? o->calib : "none (weight-only)",
+        pl->kv_fp8 ? "FP8" : "not quantized");
+    return NX_OK;
+}
+
+/* Phase 4: layout and ownership. */
+static int phase_plan(pipeline *pl, int nranks, nx_err *e)
+{
+    nx_plan_opts po = { .max_shard_bytes = pl->o->max_shard_bytes,
+                        .weight_only = pl->o->weight_only, .kv_fp8 = pl->kv_fp8,
+                        .nranks = nranks };
+    int rc = nx_plan_build(&pl->cat, &pl->cls, &po, &pl->plan, e);
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    char total[32];
+    nx_format_bytes(pl->plan.total_tensor_bytes, total, sizeof total);
+    say(pl, "plan: %lld output tensors, %s in %d shard%s, %d rank%s", (long long)pl->plan.n_out,
+        total, pl->plan.n_shards, pl->plan.n_shards == 1 ? "" : "s", nranks,
+        nranks == 1 ? "" : "s");
+    return NX_OK;
+}
+
+/* Phases 5-7. */
+static int phase_write(pipeline *pl, nx_err *e)
+{
+    const nx_export_opts *o = pl->o;
+    int rc = nx_amax_sync(&pl->cat, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
+                          &pl->amax, pl->comm, e);
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
+    rc = pl->rank == 0 ? nx_staging_create(o->output, o->force, &pl->staging, e) : NX_OK;
+    if (rc == NX_OK && pl->rank == 0)
+        rc = nx_shards_create(&pl->plan, pl->staging, e);
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
+    nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
+                         .calib_path = o->calib };
+    rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    rc = nx_agree(rc, e, pl->comm);
+    if (rc == NX_OK)
+        rc = nx_write_run(&pl->cat, &pl->cls, &pl->stats, &pl->amax, &pl->plan, dir, &wo,
+                          pl->comm, e);
+    if (pl->rank != 0)
+        free(dir);
+    NX_TRY(rc);
+    nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8 };
+    rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
+                       : NX_OK;
+    if (rc == NX_OK && pl->rank == 0)
+        rc = nx_staging_commit(pl->staging, o->output, o->force, e);
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    say(pl, "wrote %s", o->output);
+    return NX_OK;
+}
+
+static void pipeline_free(pipeline *pl)
+{
+    nx_amax_free(&pl->amax);
+    nx_plan_free(&pl->plan);
+    nx_stats_free(&pl->stats);
+    nx_classes_free(&pl->cls);
+    nx_catalog_free(&pl->cat);
+    free(pl->staging);
+}
+
+int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e)
+{
+    pipeline pl = { .o = o, .comm = comm };
+    MPI_Comm_rank(comm, &pl.rank);
+    MPI_Comm_size(comm, &pl.size);
+    int rc = phase_catalog(&pl, e);
+    if (rc == NX_OK)
+        rc = phase_calib(&pl, e);
+    if (rc == NX_OK)
+        rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK)
+        rc = phase_plan(&pl, pl.size, e);
+    if (rc == NX_OK)
+        rc = phase_write(&pl, e);
+    if (rc != NX_OK && pl.rank == 0 && pl.staging)
+        nx_remove_tree(pl.staging); /* a failed run leaves nothing that looks complete */
+    pipeline_free(&pl);
+    return rc;
+}
+
+static void print_plan(const pipeline *pl, FILE *out)
+{
+    const nx_plan *p = &pl->plan;
+    char b[32];
+    fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
+            (long long)pl->cat.n, pl->cat.n_files);
+    fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
+            (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);
+    fprintf(out, "excluded modules: %lld, exclude_modules:\n", (long long)pl->cls.n_excluded);
+    for (int64_t i = 0; i < pl->cls.n_patterns; i++)
+        fprintf(out, "  %s\n", pl->cls.patterns[i]);
+    fprintf(out, "KV cache scales: %s\n", pl->kv_fp8 ? "FP8" : "none");
+    fprintf(out, "output: %lld tensors in %d shards\n", (long long)p->n_out, p->n_shards);
+    for (int32_t s = 0; s < p->n_shards && (s < 8 || s == p->n_shards - 1); s++) {
+        nx_format_bytes(p->shard_bytes[s], b, sizeof b);
+        fprintf(out, "  %s  %s\n", p->shard_names[s], b);
+        if (s == 7 && p->n_shards > 9)
+            fprintf(out, "  ...\n");
+    }
+    uint64_t peak = 0, most = 0, least = UINT64_MAX;
+    for (int r = 0; r < p->nranks; r++) {
+        peak = p->rank_peak[r] > peak ? p->rank_peak[r] : peak;
+        most = p->rank_cost[r] > most ? p->rank_cost[r] : most;
+        least = p->rank_cost[r] < least ? p->rank_cost[r] : least;
+    }
+    fprintf(out, "ranks: %d\n", p->nranks);
+    for (int r = 0; r < p->nranks && (r < 16 || r == p->nranks - 1); r++) {
+        nx_format_bytes(p->rank_cost[r], b, sizeof b);
+        fprintf(out, "  rank %d: %s read+written\n", r, b);
+        if (r == 15 && p->nranks > 17)
+            fprintf(out, "  ...\n");
+    }
+    char lo[32], hi[32], pk[32];
+    nx_format_bytes(least, lo, sizeof lo);
+    nx_format_bytes(most, hi, sizeof hi);
+    /* Row buffers (float + source + codes + scales), a copy chunk, and the catalog. */
+    uint64_t predicted = (4u << 20) * 10u + (16u << 20) + (uint64_t)pl->cat.n * 160u;
+    nx_format_bytes(predicted, pk, sizeof pk);
+    nx_format_bytes(peak, b, sizeof b);
+    fprintf(out, "balance: %s to %s per rank; largest tensor on a rank: %s\n", lo, hi, b);
+    fprintf(out, "predicted peak memory per rank: %s (row buffers and catalog; bounded by the "
+            "largest tensor's row block, not the model size)\n", pk);
+}
+
+int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
+{
+    pipeline pl = { .o = o, .comm = comm };
+    MPI_Comm_rank(comm, &pl.rank);
+    MPI_Comm_size(comm, &pl.size);
+    int rc = phase_catalog(&pl, e);
+    if (rc == NX_OK && o->calib)
+        rc = phase_calib(&pl, e);
+    else if (rc == NX_OK)
+        rc = nx_stats_gather(NULL, &pl.cat, &pl.cls, &pl.stats, comm, e);
+    if (rc == NX_OK)
+        rc = phase_plan(&pl, o->plan_ranks > 0 ? o->plan_ranks : pl.size, e);
+    if (rc == NX_OK && pl.rank == 0)
+        print_plan(&pl, out);
+    pipeline_free(&pl);
+    return rc;
+}

@@ -1,0 +1,263 @@
+/* Phase 4: output layout and ownership. */
+#include "nvfp4x/plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nvfp4x/quantize.h"
+#include "nvfp4x/util.h"
+
+static const char *const k_suffix[] = {
+    [NX_OUT_COPY] = "", [NX_OUT_CODES] = ".weight", [NX_OUT_SCALES] = ".weight_scale",
+    [NX_OUT_WS2] = ".weight_scale_2", [NX_OUT_INPUT_SCALE] = ".input_scale",
+    [NX_OUT_K_SCALE] = ".k_proj.k_scale", [NX_OUT_V_SCALE] = ".v_proj.v_scale",
+};
+
+static int set_out(nx_out *out, nx_out_kind kind, int64_t src, const char *base, nx_dtype dt,
+                   int ndim, int64_t d0, int64_t d1, nx_err *e)
+{
+    memset(out, 0, sizeof *out);
+    out->name = nx_asprintf("%s%s", base, k_suffix[kind]);
+    NX_ALLOC_CHECK(out->name, e, "an output name");
+    out->kind = kind;
+    out->src = src;
+    out->dtype = dt;
+    out->ndim = ndim;
+    out->shape[0] = d0;
+    out->shape[1] = d1;
+    out->nbytes = nx_dtype_size(dt);
+    for (int d = 0; d < ndim; d++)
+        out->nbytes *= (uint64_t)out->shape[d];
+    return NX_OK;
+}
+
+static int quant_outputs(const nx_catalog *c, const nx_qmod *q, const nx_plan_opts *o,
+                         nx_out *out, int32_t *n, nx_err *e)
+{
+    char *mod = nx_qmod_name(c, q);
+    NX_ALLOC_CHECK(mod, e, "a module name");
+    int64_t t = q->tensor;
+    int rc = set_out(&out[0], NX_OUT_CODES, t, mod, NX_DT_U8, 2, q->rows, q->cols / 2, e);
+    if (rc == NX_OK)
+        rc = set_out(&out[1], NX_OUT_SCALES, t, mod, NX_DT_F8_E4M3, 2, q->rows,
+                     q->cols / NX_BLOCK, e);
+    if (rc == NX_OK)
+        rc = set_out(&out[2], NX_OUT_WS2, t, mod, NX_DT_F32, 0, 0, 0, e);
+    *n = 3;
+    if (rc == NX_OK && !o->weight_only) {
+        rc = set_out(&out[3], NX_OUT_INPUT_SCALE, t, mod, NX_DT_F32, 0, 0, 0, e);
+        *n = 4;
+    }
+    free(mod);
+    return rc;
+}
+
+static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
+{
+    memset(out, 0, sizeof *out);
+    out->name = nx_strdup(t->name);
+    NX_ALLOC_CHECK(out->name, e, "an output name");
+    out->kind = NX_OUT_COPY;
+    out->src = idx;
+    out->dtype = t->dtype;
+    out->ndim = t->ndim;
+    memcpy(out->shape, t->shape, sizeof out->shape);
+    out->nbytes = t->nbytes;
+    return NX_OK;
+}
+
+static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o,
+                         nx_plan *p, nx_err *e)
+{
+    int64_t n_kv = o->kv_fp8 ? k->n_attn : 0;
+    p->n_work = c->n + n_kv;
+    p->work = calloc((size_t)p->n_work + 1, sizeof *p->work);
+    p->out = calloc((size_t)(c->n + 3 * k->n_q + 2 * n_kv) + 1, sizeof *p->out);
+    NX_ERROR_IF(!p->work || !p->out, e, NX_EIO, "out of memory planning");
+    for (int64_t i = 0; i < c->n; i++) {
+        nx_work *w = &p->work[i];
+        int64_t q = k->qmod_of[i];
+        w->tensor = i;
+        w->first = p->n_out;
+        if (q >= 0)
+            NX_TRY(quant_outputs(c, &k->q[q], o, &p->out[p->n_out], &w->n_out, e));
+        else
+            NX_TRY(copy_output(&c->t[i], i, &p->out[p->n_out], e));
+        if (q < 0)
+            w->n_out = 1;
+        p->n_out += w->n_out;
+        w->cost = c->t[i].nbytes;
+        for (int32_t j = 0; j < w->n_out; j++)
+            w->cost += p->out[w->first + j].nbytes;
+    }
+    for (int64_t a = 0; a < n_kv; a++) {
+        nx_work *w = &p->work[c->n + a];
+        w->tensor = -1;
+        w->first = p->n_out;
+        w->n_out = 2;
+        NX_TRY(set_out(&p->out[p->n_out++], NX_OUT_K_SCALE, a, k->attn[a], NX_DT_F32, 0, 0, 0, e));
+        NX_TRY(set_out(&p->out[p->n_out++], NX_OUT_V_SCALE, a, k->attn[a], NX_DT_F32, 0, 0, 0, e));
+        w->cost = 8;
+    }
+    return NX_OK;
+}
+
+static const nx_out *g_sort_out;
+
+static int cmp_out_name(const void *a, const void *b)
+{
+    return nx_natural_cmp(g_sort_out[*(const int64_t *)a].name,
+                          g_sort_out[*(const int64_t *)b].name);
+}
+
+/* Output indices in natural name order; refuses two outputs with one name. */
+static int64_t *name_order(const nx_plan *p, nx_err *e)
+{
+    int64_t *ord = malloc(((size_t)p->n_out + 1) * sizeof *ord);
+    if (ord == NULL) {
+        nx_err_set(e, NX_EIO, "out of memory planning");
+        return NULL;
+    }
+    for (int64_t i = 0; i < p->n_out; i++)
+        ord[i] = i;
+    g_sort_out = p->out;
+    qsort(ord, (size_t)p->n_out, sizeof *ord, cmp_out_name);
+    for (int64_t i = 1; i < p->n_out; i++) {
+        if (strcmp(p->out[ord[i]].name, p->out[ord[i - 1]].name) == 0) {
+            nx_err_set(e, NX_EINPUT, "output tensor %s would be written twice (the source "
+                       "already has a tensor of that name)", p->out[ord[i]].name);
+            free(ord);
+            return NULL;
+        }
+    }
+    return ord;
+}
+
+/* Greedy: tensors in name order fill a shard until the next would pass the limit. */
+static int assign_shards(nx_plan *p, const int64_t *ord, uint64_t max_bytes)
+{
+    uint64_t fill = 0;
+    int32_t shard = 0;
+    for (int64_t i = 0; i < p->n_out; i++) {
+        nx_out *o = &p->out[ord[i]];
+        if (fill > 0 && fill + o->nbytes > max_bytes) {
+            shard++;
+            fill = 0;
+        }
+        o->shard = shard;
+        fill += o->nbytes;
+    }
+    return p->n_out ? shard + 1 : 1;
+}
+
+static int layout_shard(nx_plan *p, int32_t s, const int64_t *ord, int64_t first, int64_t n,
+                        nx_err *e)
+{
+    nx_st_entry *ent = calloc((size_t)n + 1, sizeof *ent);
+    NX_ALLOC_CHECK(ent, e, "a shard layout");
+    for (int64_t i = 0; i < n; i++) {
+        const nx_out *o = &p->out[ord[first + i]];
+        ent[i] = (nx_st_entry){ .name = o->name, .dtype = o->dtype, .ndim = o->ndim,
+                                .id = ord[first + i] };
+        memcpy(ent[i].shape, o->shape, sizeof ent[i].shape);
+    }
+    int rc = nx_st_layout(ent, n, &p->shard_headers[s], &p->header_bytes[s], e);
+    uint64_t end = 0;
+    for (int64_t i = 0; rc == NX_OK && i < n; i++) {
+        p->out[ent[i].id].offset = p->header_bytes[s] + ent[i].begin;
+        end = ent[i].end > end ? ent[i].end : end;
+    }
+    p->shard_bytes[s] = p->header_bytes[s] + end;
+    free(ent);
+    return rc;
+}
+
+static int build_shards(nx_plan *p, uint64_t max_bytes, nx_err *e)
+{
+    int64_t *ord = name_order(p, e);
+    if (ord == NULL)
+        return e->code;
+    p->n_shards = assign_shards(p, ord, max_bytes);
+    p->shard_names = calloc((size_t)p->n_shards, sizeof *p->shard_names);
+    p->shard_headers = calloc((size_t)p->n_shards, sizeof *p->shard_headers);
+    p->shard_bytes = calloc((size_t)p->n_shards, sizeof *p->shard_bytes);
+    p->header_bytes = calloc((size_t)p->n_shards, sizeof *p->header_bytes);
+    int rc = p->shard_names && p->shard_headers && p->shard_bytes && p->header_bytes
+                 ? NX_OK : nx_err_set(e, NX_EIO, "out of memory planning shards");
+    for (int64_t first = 0; rc == NX_OK && first <= p->n_out; ) {
+        int32_t s = first < p->n_out ? p->out[ord[first]].shard : 0;
+        int64_t n = 0;
+        while (first + n < p->n_out && p->out[ord[first + n]].shard == s)
+            n++;
+        p->shard_names[s] = p->n_shards == 1
+            ? nx_strdup("model.safetensors")
+            : nx_asprintf("model-%05d-of-%05d.safetensors", s + 1, p->n_shards);
+        if (p->shard_names[s] == NULL)
+            rc = nx_err_set(e, NX_EIO, "out of memory");
+        if (rc == NX_OK)
+            rc = layout_shard(p, s, ord, first, n, e);
+        first += n;
+        if (first == p->n_out)
+            break;
+    }
+    for (int64_t i = 0; i < p->n_out; i++)
+        p->total_tensor_bytes += p->out[i].nbytes;
+    free(ord);
+    return rc;
+}
+
+/* Contiguous ranges of the work order, balanced by bytes: an item goes to the rank whose
+ * share of the total cost contains the item's midpoint. */
+static int assign_owners(const nx_catalog *c, nx_plan *p, int nranks, nx_err *e)
+{
+    p->nranks = nranks;
+    p->rank_cost = calloc((size_t)nranks, sizeof *p->rank_cost);
+    p->rank_peak = calloc((size_t)nranks, sizeof *p->rank_peak);
+    NX_ERROR_IF(!p->rank_cost || !p->rank_peak, e, NX_EIO, "out of memory");
+    long double total = 0, before = 0;
+    for (int64_t i = 0; i < p->n_work; i++)
+        total += p->work[i].cost;
+    for (int64_t i = 0; i < p->n_work; i++) {
+        nx_work *w = &p->work[i];
+        long double mid = before + w->cost / 2.0L;
+        int r = total > 0 ? (int)(mid * nranks / total) : 0;
+        w->rank = r < nranks ? r : nranks - 1;
+        before += w->cost;
+        p->rank_cost[w->rank] += w->cost;
+        uint64_t sz = w->tensor >= 0 ? c->t[w->tensor].nbytes : 0;
+        if (sz > p->rank_peak[w->rank])
+            p->rank_peak[w->rank] = sz;
+    }
+    return NX_OK;
+}
+
+int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o, nx_plan *p,
+                  nx_err *e)
+{
+    memset(p, 0, sizeof *p);
+    NX_TRY(build_outputs(c, k, o, p, e));
+    NX_TRY(build_shards(p, o->max_shard_bytes, e));
+    return assign_owners(c, p, o->nranks > 0 ? o->nranks : 1, e);
+}
+
+void nx_plan_free(nx_plan *p)
+{
+    for (int64_t i = 0; p->out && i < p->n_out; i++)
+        free(p->out[i].name);
+    for (int32_t s = 0; s < p->n_shards; s++) {
+        if (p->shard_names)
+            free(p->shard_names[s]);
+        if (p->shard_headers)
+            free(p->shard_headers[s]);
+    }
+    free(p->out);
+    free(p->work);
+    free(p->shard_names);
+    free(p->shard_headers);
+    free(p->shard_bytes);
+    free(p->header_bytes);
+    free(p->rank_cost);
+    free(p->rank_peak);
+    memset(p, 0, sizeof *p);
+}

@@ -1,0 +1,168 @@
+/* Phase 5: resolve weight and input amax across fused groups and MoE layers. */
+#include "nvfp4x/sync.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nvfp4x/comm.h"
+#include "nvfp4x/quantize.h"
+#include "nvfp4x/util.h"
+
+#define ROW_BLOCK_ELEMS (4 << 20)
+
+int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
+{
+    const nx_tensor *t = &src->c->t[tensor];
+    int64_t cols = t->shape[1], rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    float *w = malloc((size_t)(rows_per * cols) * sizeof *w);
+    void *raw = malloc((size_t)(rows_per * cols) * nx_dtype_size(t->dtype));
+    int rc = w && raw ? NX_OK : nx_err_set(e, NX_EIO, "out of memory reading %s", t->name);
+    float m = 0.0f;
+    for (int64_t r = 0; r < t->shape[0] && rc == NX_OK; r += rows_per) {
+        int64_t n = t->shape[0] - r < rows_per ? t->shape[0] - r : rows_per;
+        rc = nx_source_read_rows_f32(src, tensor, r, n, w, raw, e);
+        float bm = rc ? 0.0f : nx_absmax_f32(w, n * cols);
+        if (rc == NX_OK && !isfinite(bm))
+            rc = nx_err_set(e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
+                            nx_source_path(src, tensor), t->name, (long long)r,
+                            (long long)(r + n - 1));
+        m = bm > m ? bm : m;
+    }
+    free(w);
+    free(raw);
+    *amax = m;
+    return rc;
+}
+
+/* Owners compute max |W| for their modules that calibration gave no weight amax. */
+static int local_weight_amax(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                             const nx_plan *p, int rank, float *group, nx_amax *a, nx_err *e)
+{
+    nx_source src;
+    NX_TRY(nx_source_open(&src, c, e));
+    int rc = NX_OK;
+    for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
+        const nx_qmod *q = &k->q[i];
+        float v = s->w_amax[i];
+        if (v == NX_ABSENT) {
+            a->w_from_weight[i] = 1;
+            if (p->work[q->tensor].rank != rank)
+                continue;
+            rc = nx_weight_absmax(&src, q->tensor, &v, e);
+        }
+        if (v > group[q->group])
+            group[q->group] = v;
+    }
+    nx_source_close(&src);
+    return rc;
+}
+
+/* Collects the names of modules that need an input amax and have none. */
+static int missing_inputs(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                          nx_err *e)
+{
+    char list[700] = "";
+    int64_t n = 0;
+    for (int64_t i = 0; i < k->n_q; i++) {
+        if (k->q[i].slot >= 0 || s->in_amax[i] != NX_ABSENT)
+            continue;
+        char *name = nx_qmod_name(c, &k->q[i]);
+        size_t len = strlen(list);
+        if (name && len + strlen(name) + 8 < sizeof list)
+            snprintf(list + len, sizeof list - len, "%s%s", n ? ", " : "", name);
+        else if (len + 5 < sizeof list && !strstr(list, "..."))
+            snprintf(list + len, sizeof list - len, ", ...");
+        free(name);
+        n++;
+    }
+    NX_ERROR_IF(n > 0, e, NX_EINPUT, "calibration has no input_quantizer/_amax for %lld "
+                "quantized module%s (required unless --weight-only): %s", (long long)n,
+                n == 1 ? "" : "s", list);
+    return NX_OK;
+}
+
+/* Expert input amax: every expert of a layer gets the layer max per projection kind. */
+static int resolve_inputs(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                          nx_amax *a, nx_err *e)
+{
+    NX_TRY(missing_inputs(c, k, s, e));
+    float *slot = malloc(((size_t)k->n_slots + 1) * sizeof *slot);
+    float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    int rc = slot && group ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t i = 0; rc == NX_OK && i < k->n_slots; i++)
+        slot[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_groups; i++)
+        group[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        if (k->q[i].slot >= 0 && s->in_amax[i] > slot[k->q[i].slot])
+            slot[k->q[i].slot] = s->in_amax[i];
+    for (int64_t i = 0; rc == NX_OK && i < k->n_slots; i++)
+        if (slot[i] == NX_ABSENT)
+            rc = nx_err_set(e, NX_EINPUT, "calibration has no input amax for any expert of %s",
+                            k->slot_names[i]);
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        const nx_qmod *q = &k->q[i];
+        float v = q->slot >= 0 ? slot[q->slot] : s->in_amax[i];
+        a->in_from_layer[i] = q->slot >= 0 && s->in_amax[i] == NX_ABSENT;
+        if (v > group[q->group])
+            group[q->group] = v;
+    }
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        a->in[i] = group[k->q[i].group];
+    free(slot);
+    free(group);
+    return rc;
+}
+
+static int check_resolved(const nx_catalog *c, const nx_classes *k, const float *v,
+                          const char *what, nx_err *e)
+{
+    for (int64_t i = 0; i < k->n_q; i++)
+        NX_ERROR_IF(!(v[i] > 0.0f) || !isfinite(v[i]), e, NX_EINPUT,
+                    "tensor %s: resolved %s amax is %g (must be finite and > 0)",
+                    c->t[k->q[i].tensor].name, what, (double)v[i]);
+    return NX_OK;
+}
+
+int nx_amax_sync(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                 const nx_plan *p, int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    memset(a, 0, sizeof *a);
+    size_t n = (size_t)k->n_q + 1;
+    a->w = malloc(n * sizeof *a->w);
+    a->in = calloc(n, sizeof *a->in);
+    a->w_from_weight = calloc(n, 1);
+    a->in_from_layer = calloc(n, 1);
+    float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    int rc = a->w && a->in && a->w_from_weight && a->in_from_layer && group
+                 ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
+        group[g] = NX_ABSENT;
+    if (rc == NX_OK)
+        rc = local_weight_amax(c, k, s, p, rank, group, a, e);
+    rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK) {
+        MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);
+        for (int64_t i = 0; i < k->n_q; i++)
+            a->w[i] = group[k->q[i].group];
+        rc = check_resolved(c, k, a->w, "weight", e);
+    }
+    if (rc == NX_OK && !weight_only)
+        rc = resolve_inputs(c, k, s, a, e);
+    if (rc == NX_OK && !weight_only)
+        rc = check_resolved(c, k, a->in, "input", e);
+    free(group);
+    return rc;
+}
+
+void nx_amax_free(nx_amax *a)
+{
+    free(a->w);
+    free(a->in);
+    free(a->w_from_weight);
+    free(a->in_from_layer);
+    memset(a, 0, sizeof *a);
+}

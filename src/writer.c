@@ -1,0 +1,248 @@
+/* Phase 6: read, quantize, pwrite. */
+#include "nvfp4x/writer.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nvfp4x/calib.h"
+#include "nvfp4x/comm.h"
+#include "nvfp4x/progress.h"
+#include "nvfp4x/util.h"
+
+#define ROW_BLOCK_ELEMS (4 << 20) /* elements quantized per step */
+#define COPY_CHUNK (16 << 20)
+
+int nx_shards_create(const nx_plan *p, const char *dir, nx_err *e)
+{
+    for (int32_t s = 0; s < p->n_shards; s++) {
+        char *path = nx_path_join(dir, p->shard_names[s]);
+        NX_ALLOC_CHECK(path, e, "a path");
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        int rc = fd >= 0 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: cannot create", path);
+        if (rc == NX_OK)
+            rc = nx_pwrite_full(fd, p->shard_headers[s], p->header_bytes[s], 0, path, e);
+        if (rc == NX_OK && ftruncate(fd, (off_t)p->shard_bytes[s]) != 0)
+            rc = nx_err_errno(e, NX_EIO, "%s: cannot extend to %llu bytes", path,
+                              (unsigned long long)p->shard_bytes[s]);
+        if (fd >= 0 && close(fd) != 0 && rc == NX_OK)
+            rc = nx_err_errno(e, NX_EIO, "%s: close failed", path);
+        free(path);
+        NX_TRY(rc);
+    }
+    return NX_OK;
+}
+
+/* Per-rank state of phase 6. */
+typedef struct writer {
+    const nx_catalog *c;
+    const nx_classes *k;
+    const nx_stats *s;
+    const nx_amax *a;
+    const nx_plan *p;
+    const nx_write_opts *o;
+    const char *dir;
+    nx_source src;
+    int *fds;          /* output shards, opened on first write */
+    nx_calib *calib;   /* opened on the first static module */
+    float *w;          /* row block, float32 */
+    void *raw;         /* row block, source bytes */
+    uint8_t *codes, *scales;
+    nx_progress pg;
+    uint64_t done;
+} writer;
+
+static const char *shard_path(writer *wr, int32_t s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s", wr->dir, wr->p->shard_names[s]);
+    return buf;
+}
+
+static int out_write(writer *wr, const nx_out *out, uint64_t off, const void *buf, size_t len,
+                     nx_err *e)
+{
+    char path[4096];
+    shard_path(wr, out->shard, path, sizeof path);
+    if (wr->fds[out->shard] < 0) {
+        wr->fds[out->shard] = open(path, O_WRONLY | O_CLOEXEC);
+        if (wr->fds[out->shard] < 0)
+            return nx_err_errno(e, NX_EIO, "%s: cannot open for writing", path);
+    }
+    NX_ERROR_IF(off + len > out->nbytes, e, NX_EIO, "internal: write past %s", out->name);
+    return nx_pwrite_full(wr->fds[out->shard], buf, len, out->offset + off, path, e);
+}
+
+static int write_f32(writer *wr, const nx_out *out, float v, nx_err *e)
+{
+    uint32_t u = nx_f32_bits(v);
+    uint8_t le[4] = { (uint8_t)u, (uint8_t)(u >> 8), (uint8_t)(u >> 16), (uint8_t)(u >> 24) };
+    return out_write(wr, out, 0, le, 4, e);
+}
+
+static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
+{
+    const nx_out *out = &wr->p->out[w->first];
+    uint64_t n = wr->c->t[w->tensor].nbytes;
+    for (uint64_t off = 0; off < n && !wr->pg.stop; off += COPY_CHUNK) {
+        size_t len = n - off < COPY_CHUNK ? (size_t)(n - off) : COPY_CHUNK;
+        NX_TRY(nx_source_read(&wr->src, w->tensor, off, wr->raw, len, e));
+        NX_TRY(out_write(wr, out, off, wr->raw, len, e));
+        wr->done += len;
+        nx_progress_poll(&wr->pg, wr->done);
+    }
+    return NX_OK;
+}
+
+static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    if (wr->calib == NULL)
+        NX_TRY(nx_calib_open(wr->o->calib_path, &wr->calib, e));
+    int64_t n = m->rows * (m->cols / NX_BLOCK);
+    *blocks = malloc(((size_t)n + 1) * sizeof **blocks);
+    NX_ALLOC_CHECK(*blocks, e, "static block amax");
+    char *mod = nx_qmod_name(wr->c, m);
+    NX_ALLOC_CHECK(mod, e, "a module name");
+    int rc = nx_calib_read(wr->calib, mod, "weight_quantizer", "_amax", *blocks, n, e);
+    free(mod);
+    return rc;
+}
+
+/* Threads split the rows of one block; each row is independent. */
+static void quantize_block(writer *wr, int64_t nrows, int64_t cols, float amax,
+                           const float *blocks)
+{
+    int nt = wr->o->threads;
+    #pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int64_t r0 = nrows * t / nt, r1 = nrows * (t + 1) / nt;
+        if (r1 > r0)
+            nx_nvfp4_quantize_rows_ref(wr->w + r0 * cols, r1 - r0, cols, amax,
+                                       blocks ? blocks + r0 * (cols / NX_BLOCK) : NULL,
+                                       wr->o->numerics, wr->codes + r0 * (cols / 2),
+                                       wr->scales + r0 * (cols / NX_BLOCK));
+    }
+}
+
+static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *blocks,
+                         nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
+    int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
+    size_t esz = nx_dtype_size(wr->c->t[m->tensor].dtype);
+    for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
+        int64_t n = m->rows - r < per ? m->rows - r : per;
+        NX_TRY(nx_source_read_rows_f32(&wr->src, m->tensor, r, n, wr->w, wr->raw, e));
+        NX_ERROR_IF(!isfinite(nx_absmax_f32(wr->w, n * m->cols)), e, NX_EINPUT,
+                    "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
+                    nx_source_path(&wr->src, m->tensor), wr->c->t[m->tensor].name,
+                    (long long)r, (long long)(r + n - 1));
+        quantize_block(wr, n, m->cols, wr->a->w[q],
+                       blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL);
+        NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
+                         (size_t)(n * (m->cols / 2)), e));
+        NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
+                         (size_t)(n * (m->cols / NX_BLOCK)), e));
+        wr->done += (uint64_t)(n * m->cols) * esz;
+        nx_progress_poll(&wr->pg, wr->done);
+    }
+    return NX_OK;
+}
+
+static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
+{
+    int64_t q = wr->k->qmod_of[w->tensor];
+    float *blocks = NULL;
+    int rc = wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
+    if (rc == NX_OK)
+        rc = quantize_rows(wr, w, q, blocks, e);
+    free(blocks);
+    NX_TRY(rc);
+    const nx_out *out = &wr->p->out[w->first];
+    NX_TRY(write_f32(wr, &out[2], nx_weight_scale_2(wr->a->w[q], wr->o->numerics), e));
+    if (w->n_out > 3)
+        NX_TRY(write_f32(wr, &out[3], nx_input_scale(wr->a->in[q], wr->o->numerics), e));
+    return NX_OK;
+}
+
+static int kv_scales(writer *wr, const nx_work *w, nx_err *e)
+{
+    const nx_out *k = &wr->p->out[w->first], *v = k + 1;
+    NX_TRY(write_f32(wr, k, nx_kv_scale(wr->s->k_amax[k->src], wr->o->numerics), e));
+    return write_f32(wr, v, nx_kv_scale(wr->s->v_amax[v->src], wr->o->numerics), e);
+}
+
+static int process(writer *wr, const nx_work *w, nx_err *e)
+{
+    if (w->tensor < 0)
+        return kv_scales(wr, w, e);
+    if (wr->k->qmod_of[w->tensor] >= 0)
+        return quantize_tensor(wr, w, e);
+    return copy_tensor(wr, w, e);
+}
+
+static int writer_init(writer *wr, nx_err *e)
+{
+    size_t raw = COPY_CHUNK > ROW_BLOCK_ELEMS * 4 ? COPY_CHUNK : ROW_BLOCK_ELEMS * 4;
+    int64_t max_cols = 16;
+    for (int64_t i = 0; i < wr->k->n_q; i++)
+        max_cols = wr->k->q[i].cols > max_cols ? wr->k->q[i].cols : max_cols;
+    /* one row must fit even when a row is longer than a block */
+    size_t elems = (size_t)(max_cols > ROW_BLOCK_ELEMS ? max_cols : ROW_BLOCK_ELEMS);
+    raw = raw > elems * 4 ? raw : elems * 4;
+    wr->raw = malloc(raw);
+    wr->w = malloc(elems * sizeof(float));
+    wr->codes = malloc(elems / 2);
+    wr->scales = malloc(elems / NX_BLOCK);
+    wr->fds = malloc(((size_t)wr->p->n_shards + 1) * sizeof *wr->fds);
+    NX_ERROR_IF(!wr->raw || !wr->w || !wr->codes || !wr->scales || !wr->fds, e, NX_EIO,
+                "out of memory for the row buffers");
+    for (int32_t s = 0; s < wr->p->n_shards; s++)
+        wr->fds[s] = -1;
+    return nx_source_open(&wr->src, wr->c, e);
+}
+
+/* fsync what this rank wrote: on a cluster filesystem each client flushes its own pages. */
+static int writer_close(writer *wr, int rc, nx_err *e)
+{
+    char path[4096];
+    for (int32_t s = 0; wr->fds && s < wr->p->n_shards; s++) {
+        if (wr->fds[s] < 0)
+            continue;
+        if (rc == NX_OK && fsync(wr->fds[s]) != 0)
+            rc = nx_err_errno(e, NX_EIO, "%s: fsync failed", shard_path(wr, s, path, sizeof path));
+        if (close(wr->fds[s]) != 0 && rc == NX_OK)
+            rc = nx_err_errno(e, NX_EIO, "%s: close failed", shard_path(wr, s, path, sizeof path));
+    }
+    if (wr->src.fds)
+        nx_source_close(&wr->src);
+    nx_calib_close(wr->calib);
+    free(wr->fds);
+    free(wr->raw);
+    free(wr->w);
+    free(wr->codes);
+    free(wr->scales);
+    return rc;
+}
+
+int nx_write_run(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                 const nx_amax *a, const nx_plan *p, const char *dir, const nx_write_opts *o,
+                 MPI_Comm comm, nx_err *e)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    writer wr = { .c = c, .k = k, .s = s, .a = a, .p = p, .o = o, .dir = dir };
+    nx_progress_init(&wr.pg, comm, c->total_bytes, "quantized", o->quiet);
+    int rc = writer_init(&wr, e);
+    for (int64_t i = 0; i < p->n_work && rc == NX_OK && !wr.pg.stop; i++)
+        if (p->work[i].rank == rank)
+            rc = process(&wr, &p->work[i], e);
+    nx_progress_finish(&wr.pg, rc != NX_OK);
+    rc = writer_close(&wr, rc, e);
+    rc = nx_agree(rc, e, comm);
+    NX_ERROR_IF(rc == NX_OK && wr.pg.stop, e, NX_EIO, "internal: stopped without an error");
+    return rc;
+}

@@ -1,0 +1,47 @@
+# Shared helpers for the end-to-end tests (sourced). ctest sets NX_BIN, NX_PYTHON, NX_TESTS,
+# NX_WORK, MPIEXEC and the Open MPI variables that allow root and oversubscription.
+set -euo pipefail
+: "${NX_BIN:?}" "${NX_PYTHON:?}" "${NX_TESTS:?}" "${NX_WORK:?}"
+MPIEXEC=${MPIEXEC:-mpirun}
+export LSAN_OPTIONS="suppressions=$NX_TESTS/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+NX_FAILS=0
+NX_PASSES=0
+
+work_dir() { # work_dir NAME: a fresh scratch directory for one test
+    local d="$NX_WORK/$1"
+    rm -rf "$d"
+    mkdir -p "$d"
+    echo "$d"
+}
+
+gen() { # gen FAMILY DIR: model in DIR/FAMILY, calibration in DIR/FAMILY.h5
+    [ -d "$2/$1" ] || "$NX_PYTHON" "$NX_TESTS/gen_checkpoint.py" --family "$1" --out "$2/$1" \
+        --calib "$2/$1.h5" >/dev/null
+}
+
+nx() { # nx NP ARGS...: run nvfp4x under mpirun with NP ranks
+    local np=$1
+    shift
+    "$MPIEXEC" --oversubscribe -np "$np" "$NX_BIN" "$@"
+}
+
+tree_sums() { # tree_sums DIR: sha256 of every file, by name
+    (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+}
+
+check() { # check NAME COMMAND...: run, count, report
+    local name=$1
+    shift
+    if "$@"; then
+        NX_PASSES=$((NX_PASSES + 1))
+        echo "ok   $name"
+    else
+        NX_FAILS=$((NX_FAILS + 1))
+        echo "FAIL $name"
+    fi
+}
+
+finish() {
+    echo "$NX_PASSES passed, $NX_FAILS failed"
+    [ "$NX_FAILS" -eq 0 ]
+}

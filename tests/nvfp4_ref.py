@@ -1,0 +1,776 @@
+#!/usr/bin/python3
+"""Independent numpy reference of NUMERICS.md and of a whole nvfp4x export.
+
+  nvfp4_ref.py vectors PATH.json
+      Reproduce every case of the ModelOpt vector file bit for bit.
+  nvfp4_ref.py compare --model SRC --output DST [--calib F] [--numerics gpu|cpu]
+                       [--quantize all|mlp|experts] [--exclude GLOB ...]
+                       [--weight-only] [--kv-cache auto|fp8|none]
+      Compute every tensor an export of SRC (+ calibration) must contain and check that DST
+      holds exactly those tensors, byte for byte, and the same exclude_modules list.
+
+Written from DESIGN.md / NUMERICS.md only (a cross-check of the C exporter). All arithmetic
+is float32: numpy float32 arrays and scalars, each operation rounded once (RNE).
+Exit status: 0 equal, 1 mismatch, 2 bad input or usage.
+"""
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import struct
+import sys
+
+import numpy as np
+
+F32 = np.float32
+
+
+# --------------------------------------------------------------------------------------
+# Numerics (NUMERICS.md)
+# --------------------------------------------------------------------------------------
+
+def f32_from_bits(bits):
+    return np.array([bits], dtype="<u4").view("<f4")[0]
+
+
+def f32_bits(x):
+    return int(np.asarray(x, dtype="<f4").reshape(1).view("<u4")[0])
+
+
+# PyTorch on CUDA computes tensor / python_constant as tensor * fl(1/constant).
+RECIPROCAL = {
+    2688: f32_from_bits(0x39C30C31),
+    448: f32_from_bits(0x3B124925),
+    6: f32_from_bits(0x3E2AAAAB),
+}
+TWO_M9 = F32(2.0 ** -9)
+E4M3_MAX = F32(448.0)
+
+
+def const_div(a, constant, numerics):
+    """a / constant as ModelOpt computes it on GPU (reciprocal multiply) or CPU (division)."""
+    a = np.asarray(a, dtype=F32)
+    if numerics == "gpu":
+        return np.asarray(a * RECIPROCAL[constant], dtype=F32)
+    if numerics == "cpu":
+        return np.asarray(a / F32(constant), dtype=F32)
+    raise ValueError("numerics must be gpu or cpu, not %r" % (numerics,))
+
+
+def _e4m3_magnitudes():
+    """Magnitude of codes 0..0x7F; 0x7F (NaN in E4M3FN) is given 480, the value the
+    rounding would reach with one more mantissa step, so that it only acts as a boundary."""
+    vals = np.zeros(128, dtype=np.float64)
+    for code in range(128):
+        e, m = code >> 3, code & 7
+        vals[code] = m * 2.0 ** -9 if e == 0 else (1.0 + m / 8.0) * 2.0 ** (e - 7)
+    return vals
+
+
+_E4M3_MAG = _e4m3_magnitudes()
+_E4M3_MIDS = (_E4M3_MAG[:-1] + _E4M3_MAG[1:]) / 2.0  # 127 midpoints, exact in float64
+
+
+def _e4m3_decode_table():
+    t = np.zeros(256, dtype=F32)
+    for code in range(256):
+        mag = code & 0x7F
+        v = np.nan if mag == 0x7F else _E4M3_MAG[mag]
+        t[code] = -v if code & 0x80 else v
+    return t
+
+
+E4M3_DECODE = _e4m3_decode_table()
+E2M1_DECODE = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6],
+                       dtype=F32)
+
+
+def e4m3_encode(x):
+    """float32 -> OCP E4M3FN code, round to nearest even, subnormals k*2^-9.
+    NaN -> 0x7F (with the sign bit); magnitudes that round past 448 -> 0x7F as torch does."""
+    x = np.asarray(x, dtype=F32)
+    a = np.abs(x.astype(np.float64))
+    idx = np.searchsorted(_E4M3_MIDS, a, side="left")  # number of midpoints below a
+    at = np.minimum(idx, len(_E4M3_MIDS) - 1)
+    tie_to_odd = (idx < len(_E4M3_MIDS)) & (_E4M3_MIDS[at] == a) & (idx % 2 == 1)
+    idx = idx + tie_to_odd  # a tie picks the even code (even mantissa)
+    idx = np.where(np.isnan(a), 0x7F, idx)
+    sign = np.where(np.signbit(x), 0x80, 0)
+    return (idx | sign).astype(np.uint8)
+
+
+def e2m1_encode(q):
+    """float32 -> E2M1 code with NUMERICS.md's thresholds (ties to even, NaN -> 7)."""
+    q = np.asarray(q, dtype=F32)
+    a = np.abs(q)
+    with np.errstate(invalid="ignore"):
+        mag = np.select([a <= 0.25, a < 0.75, a <= 1.25, a < 1.75, a <= 2.5, a < 3.5, a <= 5.0],
+                        [0, 1, 2, 3, 4, 5, 6], default=7)
+        sign = np.where(q < 0, 8, 0)
+    return (mag | sign).astype(np.uint8)
+
+
+def _clamp_scale(s):
+    """clamp(s, 2^-9, 448); NaN stays NaN (comparisons with NaN are false)."""
+    with np.errstate(invalid="ignore"):
+        s = np.where(s < TWO_M9, TWO_M9, s)
+        s = np.where(s > E4M3_MAX, E4M3_MAX, s)
+    return s.astype(F32)
+
+
+def _blocks(w):
+    rows, cols = w.shape
+    if cols % 16:
+        raise ValueError("columns %d not a multiple of 16" % cols)
+    return w.reshape(rows, cols // 16, 16)
+
+
+def encode_elements(w, scale_codes, ws2):
+    """E2M1 codes of W / fl(float(S) * ws2), packed two per byte (element 2j low nibble)."""
+    rows, cols = w.shape
+    den = (E4M3_DECODE[scale_codes] * F32(ws2)).astype(F32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = (_blocks(w) / den[:, :, None]).astype(F32)
+    codes = e2m1_encode(q).reshape(rows, cols)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def quantize_dynamic(w, amax, numerics):
+    """Returns (weight_scale_2 float32, weight_scale codes [rows, cols/16], packed [rows, cols/2])."""
+    w = np.asarray(w, dtype=F32)
+    ws2 = const_div(F32(amax), 2688, numerics)
+    d = np.asarray(F32(6) * ws2, dtype=F32)
+    m = np.abs(_blocks(w)).max(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (m / d).astype(F32)
+    s = np.where(s == 0, F32(1), s).astype(F32)
+    codes = e4m3_encode(_clamp_scale(s))
+    return F32(ws2), codes, encode_elements(w, codes, ws2)
+
+
+def quantize_static(w, block_amax, global_amax, numerics):
+    """Static NVFP4: per-block amax p [rows, cols/16] and global amax g from calibration."""
+    w = np.asarray(w, dtype=F32)
+    rows, cols = w.shape
+    p = np.asarray(block_amax, dtype=F32).reshape(rows, cols // 16)
+    ws2 = const_div(F32(global_amax), 2688, numerics)
+    big_m = const_div(F32(global_amax), 6, numerics)
+    a = const_div(p, 6, numerics)
+    a = np.where(a == 0, F32(1), a).astype(F32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = ((a * F32(448)).astype(F32) / big_m).astype(F32)
+    codes = e4m3_encode(_clamp_scale(s))
+    return F32(ws2), codes, encode_elements(w, codes, ws2)
+
+
+def input_scale(amax, numerics):
+    return F32(const_div(F32(amax), 2688, numerics))
+
+
+def kv_scale(amax, numerics):
+    return F32(const_div(F32(amax), 448, numerics))
+
+
+def dequantize(packed, scale_codes, ws2):
+    rows = packed.shape[0]
+    codes = np.empty((rows, packed.shape[1] * 2), dtype=np.uint8)
+    codes[:, 0::2] = packed & 0xF
+    codes[:, 1::2] = packed >> 4
+    vals = E2M1_DECODE[codes].reshape(rows, -1, 16)
+    return (vals * (E4M3_DECODE[scale_codes] * F32(ws2))[:, :, None]).reshape(rows, -1)
+
+
+# --------------------------------------------------------------------------------------
+# Vector file
+# --------------------------------------------------------------------------------------
+
+def _hex_f32(h):
+    return np.frombuffer(bytes.fromhex(h), dtype="<f4").astype(F32)
+
+
+def bf16_bits_to_f32(bits):
+    return (np.asarray(bits, dtype=np.uint32) << 16).view(F32)
+
+
+def check_vectors(path):
+    """Returns (number of cases, list of mismatch descriptions)."""
+    with open(path) as f:
+        doc = json.load(f)
+    failures = []
+    for case in doc["cases"]:
+        name, numerics = case["name"], case["numerics"]
+        rows, cols = case["rows"], case["cols"]
+        w = bf16_bits_to_f32(np.frombuffer(bytes.fromhex(case["weight_bf16_le_hex"]), "<u2"))
+        w = w.reshape(rows, cols)
+        if case["variant"] == "static":
+            ws2, codes, packed = quantize_static(w, _hex_f32(case["block_amax_f32_hex"]),
+                                                 _hex_f32(case["global_amax_f32_hex"])[0], numerics)
+        elif case["variant"] == "dynamic":
+            ws2, codes, packed = quantize_dynamic(w, _hex_f32(case["weight_amax_f32_hex"])[0],
+                                                  numerics)
+        else:
+            failures.append("%s: unknown variant %r" % (name, case["variant"]))
+            continue
+        got = {
+            "expect_weight_scale_2_f32_hex": np.asarray(ws2, "<f4").tobytes().hex(),
+            "expect_weight_scale_e4m3_hex": codes.tobytes().hex(),
+            "expect_weight_u8_hex": packed.tobytes().hex(),
+            "expect_input_scale_f32_hex": np.asarray(
+                input_scale(_hex_f32(case["input_amax_f32_hex"])[0], numerics), "<f4").tobytes().hex(),
+        }
+        for key, value in got.items():
+            if case[key].lower() != value:
+                failures.append("%s: %s expected %s got %s" % (name, key, case[key], value))
+    return len(doc["cases"]), failures
+
+
+# --------------------------------------------------------------------------------------
+# safetensors
+# --------------------------------------------------------------------------------------
+
+DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
+              "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+
+
+class RefError(Exception):
+    """Bad input: a one-line message naming the file, tensor or dataset."""
+
+
+class Tensor:
+    __slots__ = ("dtype", "shape", "data")
+
+    def __init__(self, dtype, shape, data):
+        self.dtype, self.shape, self.data = dtype, list(shape), bytes(data)
+
+    def to_f32(self, name="tensor"):
+        if self.dtype == "BF16":
+            a = bf16_bits_to_f32(np.frombuffer(self.data, "<u2"))
+        elif self.dtype == "F16":
+            a = np.frombuffer(self.data, "<f2").astype(F32)
+        elif self.dtype == "F32":
+            a = np.frombuffer(self.data, "<f4").astype(F32)
+        else:
+            raise RefError("%s: dtype %s cannot be quantized" % (name, self.dtype))
+        return a.reshape(self.shape)
+
+
+def read_safetensors(path):
+    """Strictly parses one safetensors file: {name: Tensor}, __metadata__ (or None)."""
+    fname = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as exc:
+        raise RefError("%s: cannot read: %s" % (path, exc.strerror))
+    if len(buf) < 8:
+        raise RefError("%s: shorter than the 8-byte header length" % fname)
+    n = struct.unpack("<Q", buf[:8])[0]
+    if 8 + n > len(buf):
+        raise RefError("%s: header length %d past end of file (%d bytes)" % (fname, n, len(buf)))
+    try:
+        header = json.loads(buf[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RefError("%s: header is not valid JSON: %s" % (fname, exc))
+    if not isinstance(header, dict):
+        raise RefError("%s: header is not a JSON object" % fname)
+    meta = header.pop("__metadata__", None)
+    data = memoryview(buf)[8 + n:]
+    tensors, spans = {}, []
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise RefError("%s: tensor %s: malformed entry" % (fname, name))
+        if dtype not in DTYPE_SIZE:
+            raise RefError("%s: tensor %s: unknown dtype %r" % (fname, name, dtype))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZE[dtype]
+        if end - begin != nbytes or begin < 0 or end > len(data):
+            raise RefError("%s: tensor %s: data_offsets [%d, %d] do not fit %s %s in %d bytes"
+                           % (fname, name, begin, end, dtype, shape, len(data)))
+        tensors[name] = Tensor(dtype, shape, data[begin:end])
+        spans.append((begin, end, name))
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            raise RefError("%s: tensor %s starts at %d, expected %d (overlap or hole)"
+                           % (fname, name, begin, pos))
+        pos = end
+    if pos != len(data):
+        raise RefError("%s: data section has %d bytes, tensors cover %d" % (fname, len(data), pos))
+    return tensors, meta
+
+
+def load_checkpoint(model_dir):
+    """All tensors of a model directory (through the index, or model.safetensors)."""
+    index_path = os.path.join(model_dir, "model.safetensors.index.json")
+    single = os.path.join(model_dir, "model.safetensors")
+    tensors = {}
+    if os.path.exists(index_path):
+        try:
+            with open(index_path) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise RefError("%s: %s" % (index_path, exc))
+        for shard in sorted(set(weight_map.values())):
+            shard_tensors, _ = read_safetensors(os.path.join(model_dir, shard))
+            for name, t in shard_tensors.items():
+                if weight_map.get(name) != shard:
+                    raise RefError("%s: tensor %s not mapped to this shard by the index"
+                                   % (shard, name))
+                tensors[name] = t
+        for name, shard in weight_map.items():
+            if name not in tensors:
+                raise RefError("model.safetensors.index.json: %s listed in %s but not there"
+                               % (name, shard))
+    elif os.path.exists(single):
+        tensors, _ = read_safetensors(single)
+    else:
+        raise RefError("%s: neither model.safetensors.index.json nor model.safetensors" % model_dir)
+    return tensors
+
+
+# --------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------
+
+class Calib:
+    def __init__(self, path):
+        self.path, self.f = path, None
+        if path:
+            import h5py
+            if not os.path.exists(path):
+                raise RefError("%s: calibration file not found" % path)
+            self.f = h5py.File(path, "r")
+
+    @staticmethod
+    def dataset_path(module, quantizer, buf):
+        return "%s/%s/%s" % (module.replace(".", "/"), quantizer, buf)
+
+    def get(self, module, quantizer, buf):
+        """float32 values of a dataset (flattened), or None when absent."""
+        path = self.dataset_path(module, quantizer, buf)
+        if self.f is None or path not in self.f:
+            return None
+        import h5py
+        obj = self.f[path]
+        if not isinstance(obj, h5py.Dataset):
+            raise RefError("%s: %s is not a dataset" % (self.path, path))
+        raw = np.asarray(obj[()])
+        if raw.dtype.kind != "f":
+            raise RefError("%s: %s has non-float type %s" % (self.path, path, raw.dtype))
+        vals = raw.astype(F32).reshape(-1)
+        if not np.all(np.isfinite(vals)) or np.any(vals < 0):
+            raise RefError("%s: %s has a NaN, Inf or negative value" % (self.path, path))
+        return vals
+
+
+# --------------------------------------------------------------------------------------
+# Classification (DESIGN.md "Rules")
+# --------------------------------------------------------------------------------------
+
+SCOPES = {"self_attn", "mlp", "block_sparse_moe"}
+ROUTER_SUFFIXES = ("mlp.gate", ".router", "block_sparse_moe.gate", "shared_expert_gate")
+LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+EXPERT_RE = re.compile(r"^(.*)\.experts\.(\d+)\.([^.]+)$")
+ATTN_RE = re.compile(r"^(.*\.self_attn)\.")
+# Projections of one routed expert that share an input-amax slot.
+INPUT_SLOT = {"gate_proj": "gate_up", "up_proj": "gate_up", "w1": "w1_w3", "w3": "w1_w3"}
+
+
+def is_router(module):
+    return module.endswith(ROUTER_SUFFIXES)
+
+
+def expert_key(module):
+    """(MoE layer prefix, expert index, projection) for a routed expert, else None."""
+    m = EXPERT_RE.match(module)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+def fused_groups(modules):
+    """{module: frozenset of its fused group} over all modules with a 2-D weight."""
+    parent = {m: m for m in modules}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(names):
+        names = [n for n in names if n in parent]
+        for n in names[1:]:
+            parent[find(n)] = find(names[0])
+
+    by_parent = {}
+    for m in modules:
+        head, _, leaf = m.rpartition(".")
+        by_parent.setdefault(head, set()).add(leaf)
+    for head, leaves in by_parent.items():
+        p = (head + ".") if head else ""
+        union([p + "q_proj", p + "k_proj", p + "v_proj"])
+        union([p + "gate_proj", p + "up_proj"])
+        union([p + "w1", p + "w3"])
+        if "kv_a_proj_with_mqa" in leaves:
+            q = "q_a_proj" if "q_a_proj" in leaves else "q_proj"
+            union([p + q, p + "kv_a_proj_with_mqa"])
+    members = {}
+    for m in modules:
+        members.setdefault(find(m), set()).add(m)
+    return {m: frozenset(members[find(m)]) for m in modules}
+
+
+def summarize_excludes(excluded, quantized):
+    """ModelOpt-style prefix-wildcard summary that never matches a quantized module."""
+    quantized = sorted(quantized)
+
+    def matches_none(pattern):
+        return not any(fnmatch.fnmatchcase(q, pattern) for q in quantized)
+
+    out = set()
+    for name in excluded:
+        chosen = None
+        for i, ch in enumerate(name):
+            if ch != ".":
+                continue
+            prefix = name[:i]
+            for pattern in (prefix + "*", prefix + ".*"):
+                if matches_none(pattern):
+                    chosen = pattern
+                    break
+            if chosen:
+                break
+        out.add(chosen or name)
+    return sorted(out)
+
+
+class Plan:
+    """Everything the reference decides before computing bytes."""
+
+
+def classify(config, tensors, policy="all", excludes=()):
+    nlayers = int(config["num_hidden_layers"])
+    modules = {}
+    for name, t in tensors.items():
+        if name.endswith(".weight") and len(t.shape) == 2:
+            modules[name[:-len(".weight")]] = t.shape
+
+    def is_mtp(name):
+        m = LAYER_RE.match(name + ".")
+        return bool(m) and int(m.group(1)) >= nlayers
+
+    def in_scope(module):
+        comps = module.split(".")
+        if not SCOPES.intersection(comps) or is_router(module) or is_mtp(module):
+            return False
+        if policy == "mlp":
+            return "mlp" in comps or "block_sparse_moe" in comps
+        if policy == "experts":
+            return expert_key(module) is not None
+        return True
+
+    groups = fused_groups(modules)
+    experts_of_layer = {}
+    for m in modules:
+        k = expert_key(m)
+        if k:
+            experts_of_layer.setdefault(k[0], set()).add(m)
+
+    base = {m for m in modules if in_scope(m)}
+    seeds = {m for m in base if modules[m][1] % 16 != 0 or
+             any(fnmatch.fnmatchcase(m, g) for g in excludes)}
+    dropped, stack = set(seeds), list(seeds)
+    while stack:
+        m = stack.pop()
+        spread = set(groups[m])
+        k = expert_key(m)
+        if k:
+            spread |= experts_of_layer[k[0]]
+        for n in spread:
+            if n in base and n not in dropped:
+                dropped.add(n)
+                stack.append(n)
+
+    plan = Plan()
+    plan.nlayers = nlayers
+    plan.modules = modules
+    plan.groups = groups
+    plan.quantized = base - dropped
+    plan.excluded = set(modules) - plan.quantized
+    plan.exclude_modules = summarize_excludes(plan.excluded, plan.quantized)
+    plan.attentions = sorted({m.group(1) for m in map(ATTN_RE.match, tensors)
+                              if m and not is_mtp(m.group(1))})
+    return plan
+
+
+# --------------------------------------------------------------------------------------
+# Whole export
+# --------------------------------------------------------------------------------------
+
+def _scalar_f32(x):
+    return Tensor("F32", [], np.asarray(x, dtype="<f4").reshape(()).tobytes())
+
+
+def _positive(value, what):
+    if not (np.isfinite(value) and value > 0):
+        raise RefError("%s: resolved amax %r is not finite and > 0" % (what, float(value)))
+
+
+def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", excludes=(),
+                     weight_only=False, kv_cache="auto"):
+    """Returns (expected tensors {name: Tensor}, plan, hf_quant_config dict)."""
+    cfg_path = os.path.join(model_dir, "config.json")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise RefError("%s: %s" % (cfg_path, exc))
+    tensors = load_checkpoint(model_dir)
+    calib = Calib(calib_path)
+    plan = classify(config, tensors, policy, excludes)
+    quantized = sorted(plan.quantized)
+
+    weights, own_amax, static = {}, {}, {}
+    for m in quantized:
+        rows, cols = plan.modules[m]
+        w = tensors[m + ".weight"].to_f32(m + ".weight")
+        if not np.all(np.isfinite(w)):
+            raise RefError("%s.weight: weight contains NaN or Inf" % m)
+        weights[m] = w
+        ga = calib.get(m, "weight_quantizer", "_global_amax")
+        wa = calib.get(m, "weight_quantizer", "_amax")
+        wpath = Calib.dataset_path(m, "weight_quantizer", "_amax")
+        if ga is not None:
+            if ga.size != 1:
+                raise RefError("%s: %d values, expected 1"
+                               % (Calib.dataset_path(m, "weight_quantizer", "_global_amax"), ga.size))
+            if wa is None or wa.size != rows * cols // 16:
+                raise RefError("%s: %s values, expected %d block amax (static NVFP4)"
+                               % (wpath, "no" if wa is None else wa.size, rows * cols // 16))
+            static[m] = wa.reshape(rows, cols // 16)
+            own_amax[m] = ga[0]
+        elif wa is not None:
+            if wa.size != 1:
+                raise RefError("%s: %d values, expected 1 (or block amax with _global_amax)"
+                               % (wpath, wa.size))
+            own_amax[m] = wa[0]
+        else:
+            own_amax[m] = F32(np.abs(w).max())
+
+    weight_amax = {}
+    for m in quantized:
+        weight_amax[m] = F32(max(own_amax[n] for n in plan.groups[m] if n in plan.quantized))
+        _positive(weight_amax[m], m + " weight")
+
+    in_amax = {}
+    if not weight_only:
+        own_in, slots, missing = {}, {}, []
+        for m in quantized:
+            v = calib.get(m, "input_quantizer", "_amax")
+            if v is not None:
+                if v.size != 1:
+                    raise RefError("%s: %d values, expected 1"
+                                   % (Calib.dataset_path(m, "input_quantizer", "_amax"), v.size))
+                own_in[m] = v[0]
+        for m in quantized:
+            k = expert_key(m)
+            if k and m in own_in:
+                slot = (k[0], INPUT_SLOT.get(k[2], k[2]))
+                slots[slot] = max(slots.get(slot, own_in[m]), own_in[m])
+        missing_slots = []
+        for m in quantized:
+            k = expert_key(m)
+            if k:
+                slot = (k[0], INPUT_SLOT.get(k[2], k[2]))
+                if slot in slots:
+                    own_in[m] = slots[slot]
+                elif slot not in missing_slots:
+                    missing_slots.append(slot)
+            elif m not in own_in:
+                missing.append(m)
+        if missing:
+            raise RefError("no input amax for %s" % ", ".join(missing))
+        if missing_slots:
+            raise RefError("no input amax for any expert of %s"
+                           % ", ".join("%s (%s)" % s for s in missing_slots))
+        for m in quantized:
+            in_amax[m] = F32(max(own_in[n] for n in plan.groups[m] if n in plan.quantized))
+            _positive(in_amax[m], m + " input")
+
+    kv = {}
+    if kv_cache != "none":
+        have = calib.f is not None and all(
+            calib.get(a, q, "_amax") is not None
+            for a in plan.attentions for q in ("k_bmm_quantizer", "v_bmm_quantizer"))
+        if kv_cache == "fp8" and not have:
+            lacking = [Calib.dataset_path(a, q, "_amax") for a in plan.attentions
+                       for q in ("k_bmm_quantizer", "v_bmm_quantizer")
+                       if calib.get(a, q, "_amax") is None]
+            raise RefError("--kv-cache fp8: no KV amax %s" % ", ".join(lacking))
+        if have and plan.attentions:
+            for a in plan.attentions:
+                for q, proj, scale in (("k_bmm_quantizer", "k_proj", "k_scale"),
+                                       ("v_bmm_quantizer", "v_proj", "v_scale")):
+                    v = calib.get(a, q, "_amax")
+                    if v.size != 1:
+                        raise RefError("%s: %d values, expected 1"
+                                       % (Calib.dataset_path(a, q, "_amax"), v.size))
+                    _positive(v[0], Calib.dataset_path(a, q, "_amax"))
+                    kv["%s.%s.%s" % (a, proj, scale)] = kv_scale(v[0], numerics)
+
+    out = {}
+    replaced = {m + ".weight" for m in quantized}
+    for name, t in tensors.items():
+        if name not in replaced:
+            out[name] = t
+    for m in quantized:
+        rows, cols = plan.modules[m]
+        if m in static:
+            ws2, codes, packed = quantize_static(weights[m], static[m], weight_amax[m], numerics)
+        else:
+            ws2, codes, packed = quantize_dynamic(weights[m], weight_amax[m], numerics)
+        out[m + ".weight"] = Tensor("U8", [rows, cols // 2], packed.tobytes())
+        out[m + ".weight_scale"] = Tensor("F8_E4M3", [rows, cols // 16], codes.tobytes())
+        out[m + ".weight_scale_2"] = _scalar_f32(ws2)
+        if not weight_only:
+            out[m + ".input_scale"] = _scalar_f32(input_scale(in_amax[m], numerics))
+    for name, value in kv.items():
+        out[name] = _scalar_f32(value)
+
+    hf_quant = {"quantization": {
+        "quant_algo": "W4A16_NVFP4" if weight_only else "NVFP4",
+        "kv_cache_quant_algo": "FP8" if kv else None,
+        "group_size": 16,
+        "exclude_modules": plan.exclude_modules,
+    }}
+    plan.config = config
+    plan.static = set(static)
+    return out, plan, hf_quant
+
+
+# --------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------
+
+NON_WEIGHT_SKIP = {"config.json", "model.safetensors.index.json", "hf_quant_config.json"}
+
+
+def _describe_diff(want, got):
+    a = np.frombuffer(want.data, np.uint8)
+    b = np.frombuffer(got.data, np.uint8)
+    diff = np.nonzero(a != b)[0]
+    return "%d of %d bytes differ, first at byte %d (want %02x got %02x)" % (
+        diff.size, a.size, diff[0], a[diff[0]], b[diff[0]])
+
+
+def compare(args):
+    expected, plan, hf_quant = reference_export(
+        args.model, args.calib, args.numerics, args.quantize, args.exclude or (),
+        args.weight_only, args.kv_cache)
+    problems = []
+    try:
+        actual = load_checkpoint(args.output)
+    except RefError as exc:
+        problems.append("output: %s" % exc)
+        actual = {}
+    for name in sorted(set(expected) | set(actual)):
+        want, got = expected.get(name), actual.get(name)
+        if got is None:
+            problems.append("%s: missing from output" % name)
+        elif want is None:
+            problems.append("%s: unexpected tensor in output (%s %s)" % (name, got.dtype, got.shape))
+        elif want.dtype != got.dtype or want.shape != got.shape:
+            problems.append("%s: expected %s %s, got %s %s"
+                            % (name, want.dtype, want.shape, got.dtype, got.shape))
+        elif want.data != got.data:
+            problems.append("%s: %s" % (name, _describe_diff(want, got)))
+
+    want_q = hf_quant["quantization"]
+    try:
+        with open(os.path.join(args.output, "hf_quant_config.json")) as f:
+            got_q = json.load(f)["quantization"]
+        for key in ("quant_algo", "kv_cache_quant_algo", "group_size", "exclude_modules"):
+            if key not in got_q:
+                problems.append("hf_quant_config.json: quantization.%s missing" % key)
+            elif got_q[key] != want_q[key]:
+                problems.append("hf_quant_config.json: quantization.%s is %s, expected %s"
+                                % (key, json.dumps(got_q[key]), json.dumps(want_q[key])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problems.append("hf_quant_config.json: %s" % exc)
+
+    try:
+        with open(os.path.join(args.output, "config.json")) as f:
+            got_cfg = json.load(f)
+        for key, value in plan.config.items():
+            if key != "quantization_config" and got_cfg.get(key) != value:
+                problems.append("config.json: %s changed" % key)
+        qc = got_cfg.get("quantization_config")
+        if not isinstance(qc, dict):
+            problems.append("config.json: no quantization_config")
+        else:
+            if qc.get("quant_algo") != want_q["quant_algo"]:
+                problems.append("config.json: quantization_config.quant_algo is %r, expected %r"
+                                % (qc.get("quant_algo"), want_q["quant_algo"]))
+            if sorted(qc.get("ignore") or []) != want_q["exclude_modules"]:
+                problems.append("config.json: quantization_config.ignore differs from the "
+                                "reference exclude list")
+    except (OSError, ValueError) as exc:
+        problems.append("config.json: %s" % exc)
+
+    for entry in sorted(os.listdir(args.model)):
+        src = os.path.join(args.model, entry)
+        if (entry in NON_WEIGHT_SKIP or entry.endswith(".safetensors") or entry.startswith(".")
+                or not os.path.isfile(src)):
+            continue
+        dst = os.path.join(args.output, entry)
+        if not os.path.isfile(dst):
+            problems.append("%s: non-weight file not copied" % entry)
+        else:
+            with open(src, "rb") as a, open(dst, "rb") as b:
+                if a.read() != b.read():
+                    problems.append("%s: differs from the source" % entry)
+
+    if problems:
+        for p in problems[:20]:
+            print("compare: MISMATCH %s" % p)
+        if len(problems) > 20:
+            print("compare: ... %d more mismatches" % (len(problems) - 20))
+        return 1
+    print("compare: %d tensors equal, %d quantized modules" % (len(expected), len(plan.quantized)))
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("vectors", help="check the ModelOpt NVFP4 vector file bit for bit")
+    v.add_argument("path", help="tests/data/nvfp4_vectors.json")
+    c = sub.add_parser("compare", help="check an export directory against the reference")
+    c.add_argument("--model", required=True, help="source HF model directory")
+    c.add_argument("--output", required=True, help="exporter output directory")
+    c.add_argument("--calib", help="calibration HDF5 file")
+    c.add_argument("--numerics", choices=("gpu", "cpu"), default="gpu")
+    c.add_argument("--quantize", choices=("all", "mlp", "experts"), default="all")
+    c.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="exclude modules matching GLOB (fnmatch, repeatable)")
+    c.add_argument("--weight-only", action="store_true", help="W4A16_NVFP4: no input_scale")
+    c.add_argument("--kv-cache", choices=("auto", "fp8", "none"), default="auto")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "vectors":
+            n, failures = check_vectors(args.path)
+            for f in failures:
+                print("vectors: MISMATCH %s" % f)
+            print("vectors: %d cases, %d mismatches" % (n, len(failures)))
+            return 1 if failures else 0
+        return compare(args)
+    except RefError as exc:
+        print("nvfp4_ref: error: %s" % exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,15 @@ static int read_optional(const nx_calib *cal, const char *mod, const char *quant
     return nx_calib_read(cal, mod, quantizer, buffer, out, 1, e);
 }
 
+/* "model.layers.0.mlp" -> "model/layers/0/mlp", as the dataset path reads in the file. */
+static void h5_form(const char *mod, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", mod);
+    for (char *p = buf; *p; p++)
+        if (*p == '.')
+            *p = '/';
+}
+
 /* Weight statistics of one module: static (block amax + global amax), scalar, or none. */
 static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, nx_stats *s,
                        int64_t i, nx_err *e)
@@ -25,10 +34,12 @@ static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, n
     int64_t n_amax = nx_calib_count(cal, mod, "weight_quantizer", "_amax");
     int64_t n_global = nx_calib_count(cal, mod, "weight_quantizer", "_global_amax");
     const char *file = nx_calib_path(cal);
+    char h5[512];
+    h5_form(mod, h5, sizeof h5);
     if (n_global >= 0) {
         NX_ERROR_IF(n_amax != blocks, e, NX_EINPUT,
                     "%s: dataset /%s/weight_quantizer/_amax has %lld values, expected %lld "
-                    "(rows*cols/16 per-block amax, required with _global_amax)", file, mod,
+                    "(rows*cols/16 per-block amax, required with _global_amax)", file, h5,
                     (long long)(n_amax < 0 ? 0 : n_amax), (long long)blocks);
         s->w_static[i] = 1;
         return nx_calib_read(cal, mod, "weight_quantizer", "_global_amax", &s->w_amax[i], 1, e);
@@ -37,7 +48,7 @@ static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, n
         return NX_OK;
     NX_ERROR_IF(n_amax != 1, e, NX_EINPUT,
                 "%s: dataset /%s/weight_quantizer/_amax has %lld values, expected 1 (or "
-                "rows*cols/16 = %lld with a _global_amax dataset)", file, mod,
+                "rows*cols/16 = %lld with a _global_amax dataset)", file, h5,
                 (long long)n_amax, (long long)blocks);
     return nx_calib_read(cal, mod, "weight_quantizer", "_amax", &s->w_amax[i], 1, e);
 }

@@ -22,7 +22,7 @@ gen() { # gen FAMILY DIR: model in DIR/FAMILY, calibration in DIR/FAMILY.h5
 nx() { # nx NP ARGS...: run nvfp4x under mpirun with NP ranks
     local np=$1
     shift
-    "$MPIEXEC" --oversubscribe -np "$np" "$NX_BIN" "$@"
+    "$MPIEXEC" --oversubscribe -np "$np" "$NX_BIN" "$@" </dev/null
 }
 
 tree_sums() { # tree_sums DIR: sha256 of every file, by name

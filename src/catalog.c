@@ -320,11 +320,14 @@ int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err 
     return nx_agree(rc, e, comm);
 }
 
-int nx_source_open(nx_source *s, const nx_catalog *c, nx_err *e)
+int nx_source_open(nx_source *s, const nx_catalog *c, uint64_t budget, nx_err *e)
 {
+    memset(s, 0, sizeof *s);
     s->c = c;
+    s->budget = budget;
     s->fds = malloc(((size_t)c->n_files + 1) * sizeof *s->fds);
-    NX_ALLOC_CHECK(s->fds, e, "file table");
+    s->kept = calloc((size_t)c->n + 1, sizeof *s->kept);
+    NX_ERROR_IF(!s->fds || !s->kept, e, NX_EIO, "out of memory for the file table");
     for (int32_t f = 0; f < c->n_files; f++)
         s->fds[f] = -1;
     return NX_OK;
@@ -340,6 +343,10 @@ const char *nx_source_path(const nx_source *s, int64_t tensor)
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e)
 {
     const nx_tensor *t = &s->c->t[tensor];
+    if (s->kept[tensor]) {
+        memcpy(buf, (const uint8_t *)s->kept[tensor] + off, len);
+        return NX_OK;
+    }
     const char *path = nx_source_path(s, tensor);
     if (s->fds[t->file] < 0) {
         s->fds[t->file] = open(path, O_RDONLY | O_CLOEXEC);
@@ -368,8 +375,41 @@ int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t 
     return NX_OK;
 }
 
+int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e)
+{
+    uint64_t n = s->c->t[tensor].nbytes;
+    *kept = s->kept[tensor] != NULL;
+    if (*kept || s->held + n > s->budget)
+        return NX_OK;
+    void *buf = malloc(n ? n : 1);
+    if (buf == NULL)
+        return NX_OK; /* not kept: it will be read again */
+    int rc = nx_source_read(s, tensor, 0, buf, n, e);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    s->kept[tensor] = buf;
+    s->held += n;
+    *kept = 1;
+    return NX_OK;
+}
+
+void nx_source_drop(nx_source *s, int64_t tensor)
+{
+    if (s->kept == NULL || s->kept[tensor] == NULL)
+        return;
+    free(s->kept[tensor]);
+    s->kept[tensor] = NULL;
+    s->held -= s->c->t[tensor].nbytes;
+}
+
 void nx_source_close(nx_source *s)
 {
+    for (int64_t i = 0; s->kept && i < s->c->n; i++)
+        nx_source_drop(s, i);
+    free(s->kept);
+    s->kept = NULL;
     for (int32_t f = 0; s->fds && f < s->c->n_files; f++)
         if (s->fds[f] >= 0)
             close(s->fds[f]);

@@ -21,7 +21,7 @@ int nx_agree(int rc, nx_err *e, MPI_Comm comm)
     MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, comm);
     e->code = m.code;
     if (size > 1)
-        snprintf(e->msg, sizeof e->msg, "rank %d: %s", first, m.msg);
+        snprintf(e->msg, sizeof e->msg, "rank %d: %.1000s", first, m.msg);
     else
         memcpy(e->msg, m.msg, sizeof e->msg);
     e->msg[sizeof e->msg - 1] = '\0';

@@ -23,6 +23,7 @@ typedef struct pipeline {
     nx_stats stats;
     nx_plan plan;
     nx_amax amax;
+    nx_source src;
     int kv_fp8;
     char *staging;
 } pipeline;
@@ -93,11 +94,25 @@ static int phase_plan(pipeline *pl, int nranks, nx_err *e)
     return NX_OK;
 }
 
+/* Default: twice the largest tensor, at most 1 GiB, so peak memory follows the largest
+ * tensor rather than the model. */
+static uint64_t mem_budget(const pipeline *pl)
+{
+    if (pl->o->mem_budget)
+        return pl->o->mem_budget;
+    uint64_t largest = 0;
+    for (int64_t i = 0; i < pl->cat.n; i++)
+        largest = pl->cat.t[i].nbytes > largest ? pl->cat.t[i].nbytes : largest;
+    return 2 * largest < (1ULL << 30) ? 2 * largest : 1ULL << 30;
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
     const nx_export_opts *o = pl->o;
-    int rc = nx_amax_sync(&pl->cat, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
+    int rc = nx_source_open(&pl->src, &pl->cat, mem_budget(pl), e);
+    if (rc == NX_OK)
+        rc = nx_amax_sync(&pl->src, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
                           &pl->amax, pl->comm, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
@@ -111,7 +126,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)
-        rc = nx_write_run(&pl->cat, &pl->cls, &pl->stats, &pl->amax, &pl->plan, dir, &wo,
+        rc = nx_write_run(&pl->src, &pl->cls, &pl->stats, &pl->amax, &pl->plan, dir, &wo,
                           pl->comm, e);
     if (pl->rank != 0)
         free(dir);
@@ -128,6 +143,8 @@ static int phase_write(pipeline *pl, nx_err *e)
 
 static void pipeline_free(pipeline *pl)
 {
+    if (pl->src.c)
+        nx_source_close(&pl->src);
     nx_amax_free(&pl->amax);
     nx_plan_free(&pl->plan);
     nx_stats_free(&pl->stats);
@@ -200,6 +217,19 @@ static void print_plan(const pipeline *pl, FILE *out)
             "largest tensor's row block, not the model size)\n", pk);
 }
 
+static void print_owners(const pipeline *pl, FILE *out)
+{
+    const nx_plan *p = &pl->plan;
+    fprintf(out, "owners (rank, source tensor or KV scales, first output shard):\n");
+    for (int64_t i = 0; i < p->n_work; i++) {
+        const nx_work *w = &p->work[i];
+        const nx_out *first = &p->out[w->first];
+        fprintf(out, "  %d %s %s\n", w->rank,
+                w->tensor >= 0 ? pl->cat.t[w->tensor].name : first->name,
+                p->shard_names[first->shard]);
+    }
+}
+
 int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
 {
     pipeline pl = { .o = o, .comm = comm };
@@ -214,6 +244,8 @@ int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
         rc = phase_plan(&pl, o->plan_ranks > 0 ? o->plan_ranks : pl.size, e);
     if (rc == NX_OK && pl.rank == 0)
         print_plan(&pl, out);
+    if (rc == NX_OK && pl.rank == 0 && o->plan_owners)
+        print_owners(&pl, out);
     pipeline_free(&pl);
     return rc;
 }

@@ -37,9 +37,12 @@ static const char usage_text[] =
     "                         k/v amax for every attention layer)\n"
     "  --max-shard-size SIZE  largest output shard, e.g. 10GB (default), 500MB, 4GiB\n"
     "  --threads N            quantization threads per rank (default: the rank's cores)\n"
+    "  --mem-budget SIZE      memory per rank for keeping whole tensors between the amax\n"
+    "                         pass and quantization (default: 2x the largest tensor, <= 1GiB)\n"
     "  --force                replace an existing output or stale staging directory\n"
     "  --quiet                no progress output\n"
     "  --ranks N              plan: ranks to plan for (default: the MPI size)\n"
+    "  --owners               plan: list every source tensor with its rank and shard\n"
     "verify options:\n"
     "  --model DIR            also check shapes and exact re-encoding against the source\n"
     "  --json                 violations as JSON lines\n"
@@ -49,7 +52,7 @@ static const char usage_text[] =
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
-       OPT_JSON, OPT_HELP, OPT_VERSION };
+       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -66,6 +69,8 @@ static const struct option long_opts[] = {
     { "quiet", no_argument, 0, OPT_QUIET },
     { "ranks", required_argument, 0, OPT_RANKS },
     { "json", no_argument, 0, OPT_JSON },
+    { "mem-budget", required_argument, 0, OPT_MEM },
+    { "owners", no_argument, 0, OPT_OWNERS },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
@@ -143,6 +148,11 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
                     e, NX_EINPUT, "--max-shard-size: expected a size like 10GB or 500MiB, "
                     "got '%s'", arg);
         return NX_OK;
+    case OPT_MEM:
+        NX_ERROR_IF(nx_parse_size(arg, &c->x.mem_budget) != 0, e, NX_EINPUT,
+                    "--mem-budget: expected a size like 2GB, got '%s'", arg);
+        return NX_OK;
+    case OPT_OWNERS: c->x.plan_owners = 1; return NX_OK;
     case OPT_THREADS:
         NX_ERROR_IF(parse_int(arg, 1, &c->x.threads) != 0, e, NX_EINPUT,
                     "--threads: expected a positive number, got '%s'", arg);

@@ -251,7 +251,7 @@ static int parse_shape(const cJSON *obj, const char *what, nx_st_tensor *t, nx_e
                 "%s: tensor '%s' has %d dimensions (at most %d supported)", what, t->name, ndim,
                 NX_MAX_DIMS);
     cJSON_ArrayForEach(d, shape) {
-        uint64_t v;
+        uint64_t v = 0;
         NX_TRY(json_uint(d, what, t->name, "shape", t->ndim, &v, e));
         t->shape[t->ndim++] = (int64_t)v;
     }

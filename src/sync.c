@@ -19,6 +19,9 @@ int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
     void *raw = malloc((size_t)(rows_per * cols) * nx_dtype_size(t->dtype));
     int rc = w && raw ? NX_OK : nx_err_set(e, NX_EIO, "out of memory reading %s", t->name);
     float m = 0.0f;
+    int kept;
+    if (rc == NX_OK)
+        rc = nx_source_keep(src, tensor, &kept, e);
     for (int64_t r = 0; r < t->shape[0] && rc == NX_OK; r += rows_per) {
         int64_t n = t->shape[0] - r < rows_per ? t->shape[0] - r : rows_per;
         rc = nx_source_read_rows_f32(src, tensor, r, n, w, raw, e);
@@ -36,11 +39,9 @@ int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
 }
 
 /* Owners compute max |W| for their modules that calibration gave no weight amax. */
-static int local_weight_amax(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats *s,
                              const nx_plan *p, int rank, float *group, nx_amax *a, nx_err *e)
 {
-    nx_source src;
-    NX_TRY(nx_source_open(&src, c, e));
     int rc = NX_OK;
     for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
         const nx_qmod *q = &k->q[i];
@@ -49,12 +50,11 @@ static int local_weight_amax(const nx_catalog *c, const nx_classes *k, const nx_
             a->w_from_weight[i] = 1;
             if (p->work[q->tensor].rank != rank)
                 continue;
-            rc = nx_weight_absmax(&src, q->tensor, &v, e);
+            rc = nx_weight_absmax(src, q->tensor, &v, e);
         }
         if (v > group[q->group])
             group[q->group] = v;
     }
-    nx_source_close(&src);
     return rc;
 }
 
@@ -125,9 +125,10 @@ static int check_resolved(const nx_catalog *c, const nx_classes *k, const float 
     return NX_OK;
 }
 
-int nx_amax_sync(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
-                 const nx_plan *p, int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e)
+int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
+                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e)
 {
+    const nx_catalog *c = src->c;
     int rank;
     MPI_Comm_rank(comm, &rank);
     memset(a, 0, sizeof *a);
@@ -142,7 +143,7 @@ int nx_amax_sync(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
     if (rc == NX_OK)
-        rc = local_weight_amax(c, k, s, p, rank, group, a, e);
+        rc = local_weight_amax(src, k, s, p, rank, group, a, e);
     rc = nx_agree(rc, e, comm);
     if (rc == NX_OK) {
         MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);

@@ -44,7 +44,7 @@ typedef struct writer {
     const nx_plan *p;
     const nx_write_opts *o;
     const char *dir;
-    nx_source src;
+    nx_source *src;
     int *fds;          /* output shards, opened on first write */
     nx_calib *calib;   /* opened on the first static module */
     float *w;          /* row block, float32 */
@@ -87,7 +87,7 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
     uint64_t n = wr->c->t[w->tensor].nbytes;
     for (uint64_t off = 0; off < n && !wr->pg.stop; off += COPY_CHUNK) {
         size_t len = n - off < COPY_CHUNK ? (size_t)(n - off) : COPY_CHUNK;
-        NX_TRY(nx_source_read(&wr->src, w->tensor, off, wr->raw, len, e));
+        NX_TRY(nx_source_read(wr->src, w->tensor, off, wr->raw, len, e));
         NX_TRY(out_write(wr, out, off, wr->raw, len, e));
         wr->done += len;
         nx_progress_poll(&wr->pg, wr->done);
@@ -135,10 +135,10 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
     size_t esz = nx_dtype_size(wr->c->t[m->tensor].dtype);
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
-        NX_TRY(nx_source_read_rows_f32(&wr->src, m->tensor, r, n, wr->w, wr->raw, e));
+        NX_TRY(nx_source_read_rows_f32(wr->src, m->tensor, r, n, wr->w, wr->raw, e));
         NX_ERROR_IF(!isfinite(nx_absmax_f32(wr->w, n * m->cols)), e, NX_EINPUT,
                     "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
-                    nx_source_path(&wr->src, m->tensor), wr->c->t[m->tensor].name,
+                    nx_source_path(wr->src, m->tensor), wr->c->t[m->tensor].name,
                     (long long)r, (long long)(r + n - 1));
         quantize_block(wr, n, m->cols, wr->a->w[q],
                        blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL);
@@ -179,9 +179,9 @@ static int process(writer *wr, const nx_work *w, nx_err *e)
 {
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
-    if (wr->k->qmod_of[w->tensor] >= 0)
-        return quantize_tensor(wr, w, e);
-    return copy_tensor(wr, w, e);
+    int rc = wr->k->qmod_of[w->tensor] >= 0 ? quantize_tensor(wr, w, e) : copy_tensor(wr, w, e);
+    nx_source_drop(wr->src, w->tensor);
+    return rc;
 }
 
 static int writer_init(writer *wr, nx_err *e)
@@ -202,7 +202,7 @@ static int writer_init(writer *wr, nx_err *e)
                 "out of memory for the row buffers");
     for (int32_t s = 0; s < wr->p->n_shards; s++)
         wr->fds[s] = -1;
-    return nx_source_open(&wr->src, wr->c, e);
+    return NX_OK;
 }
 
 /* fsync what this rank wrote: on a cluster filesystem each client flushes its own pages. */
@@ -217,8 +217,6 @@ static int writer_close(writer *wr, int rc, nx_err *e)
         if (close(wr->fds[s]) != 0 && rc == NX_OK)
             rc = nx_err_errno(e, NX_EIO, "%s: close failed", shard_path(wr, s, path, sizeof path));
     }
-    if (wr->src.fds)
-        nx_source_close(&wr->src);
     nx_calib_close(wr->calib);
     free(wr->fds);
     free(wr->raw);
@@ -228,14 +226,15 @@ static int writer_close(writer *wr, int rc, nx_err *e)
     return rc;
 }
 
-int nx_write_run(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
-                 const nx_amax *a, const nx_plan *p, const char *dir, const nx_write_opts *o,
-                 MPI_Comm comm, nx_err *e)
+int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_amax *a,
+                 const nx_plan *p, const char *dir, const nx_write_opts *o, MPI_Comm comm,
+                 nx_err *e)
 {
     int rank;
     MPI_Comm_rank(comm, &rank);
-    writer wr = { .c = c, .k = k, .s = s, .a = a, .p = p, .o = o, .dir = dir };
-    nx_progress_init(&wr.pg, comm, c->total_bytes, "quantized", o->quiet);
+    writer wr = { .c = src->c, .k = k, .s = s, .a = a, .p = p, .o = o, .dir = dir,
+                  .src = src };
+    nx_progress_init(&wr.pg, comm, src->c->total_bytes, "quantized", o->quiet);
     int rc = writer_init(&wr, e);
     for (int64_t i = 0; i < p->n_work && rc == NX_OK && !wr.pg.stop; i++)
         if (p->work[i].rank == rank)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every bad input is refused with exit 2, one message naming the file, tensor or dataset,
 # and no output directory (so no config.json) left behind. Run on 1 and 2 ranks.
-source "$(dirname "$0")/e2e_lib.sh"
+source "$(dirname "$0")/lib.sh"
 W=$(work_dir bad_inputs)
 gen deepseek "$W"
 "$NX_PYTHON" "$NX_TESTS/make_bad_inputs.py" --good-model "$W/deepseek" \

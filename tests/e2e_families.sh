@@ -2,7 +2,7 @@
 # Qwen3-MoE, DeepSeek-V3 and Mixtral export equal to the numpy reference in both numerics
 # modes, pass verify (every CONSUMERS.md rule, exact re-encoding), and give byte-identical
 # trees for -np 1..4 and threads 1 vs 2.
-source "$(dirname "$0")/e2e_lib.sh"
+source "$(dirname "$0")/lib.sh"
 W=$(work_dir families)
 
 ref_equal() { # ref_equal FAMILY OUT NUMERICS

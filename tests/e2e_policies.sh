@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # --quantize mlp|experts, --exclude, --weight-only and --kv-cache none, each equal to the numpy
 # reference and accepted by verify.
-source "$(dirname "$0")/e2e_lib.sh"
+source "$(dirname "$0")/lib.sh"
 W=$(work_dir policies)
 
 case_ok() { # case_ok FAMILY NAME ARGS...: export, compare with the reference, verify

@@ -45,13 +45,19 @@ int64_t nx_catalog_find(const nx_catalog *c, const char *name);
 /* Elements of a tensor. */
 int64_t nx_tensor_elems(const nx_tensor *t);
 
-/* Read access to the source shards, files opened on first use. */
+/* Read access to the source shards, files opened on first use. Whole tensors can be kept in
+ * memory, up to a budget, so that one read serves both phase 5 and phase 6. */
 typedef struct nx_source {
     const nx_catalog *c;
-    int *fds; /* per file, -1 until opened */
+    int *fds;           /* per file, -1 until opened */
+    void **kept;        /* per tensor: its bytes when kept in memory, else NULL */
+    uint64_t budget, held;
 } nx_source;
 
-int nx_source_open(nx_source *s, const nx_catalog *c, nx_err *e);
+int nx_source_open(nx_source *s, const nx_catalog *c, uint64_t budget, nx_err *e);
+/* Reads the whole tensor into memory when it fits the remaining budget; *kept tells. */
+int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e);
+void nx_source_drop(nx_source *s, int64_t tensor);
 /* len bytes of the tensor's data starting at byte off within the tensor. */
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
 /* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32; raw is scratch of

@@ -19,9 +19,11 @@ typedef struct nx_export_opts {
     nx_kv_mode kv;
     uint64_t max_shard_bytes;
     int threads;
+    uint64_t mem_budget; /* bytes of whole tensors kept between phases 5 and 6; 0: default */
     int quiet;
     int force;
     int plan_ranks;  /* plan: ranks to plan for */
+    int plan_owners; /* plan: list every work item's owner */
 } nx_export_opts;
 
 int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e);

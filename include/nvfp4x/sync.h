@@ -19,8 +19,9 @@ typedef struct nx_amax {
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
 } nx_amax;
 
-int nx_amax_sync(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
-                 const nx_plan *p, int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
+/* Tensors read here stay in src's memory budget for phase 6. */
+int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
+                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);
 
 /* max |W| of a 2-D source weight, streamed in row blocks; NaN or Inf is an error naming it. */

@@ -24,8 +24,8 @@ int nx_shards_create(const nx_plan *p, const char *dir, nx_err *e);
 
 /* Every rank: produces the outputs of the work it owns into the shards in dir. A failure on
  * any rank stops all ranks promptly; the returned status is agreed. */
-int nx_write_run(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
-                 const nx_amax *a, const nx_plan *p, const char *dir, const nx_write_opts *o,
-                 MPI_Comm comm, nx_err *e);
+int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_amax *a,
+                 const nx_plan *p, const char *dir, const nx_write_opts *o, MPI_Comm comm,
+                 nx_err *e);
 
 #endif

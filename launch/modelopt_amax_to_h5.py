@@ -6,7 +6,7 @@
 STATE_DICT is a torch checkpoint (.pt/.pth: a state dict, or a dict holding one under
 "model_state_dict"/"state_dict"/"model"), a .safetensors file, or a directory of .safetensors
 files. Every key ending in "._amax" or "._global_amax" becomes one float32 dataset, named by the
-key with '.' replaced by '/' (DESIGN.md, "Calibration file"). Torch is needed only for .pt/.pth.
+key with '.' replaced by '/' (README.md, "Calibration file"). Torch is needed only for .pt/.pth.
 
 Transformers 5 keeps a MoE layer's experts as one fused module, so ModelOpt names their
 quantizers

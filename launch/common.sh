@@ -5,6 +5,8 @@ NX_PY=/usr/bin/python3
 [ -x "$NX_PY" ] || NX_PY=$(command -v python3)
 NX_PACKAGES="cmake make gcc pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev \
 libcjson-dev python3-numpy python3-h5py"
+# Tests also build against serial HDF5, which other clusters have.
+NX_TEST_PACKAGES="libhdf5-dev time"
 
 # Open MPI refuses root unless told; CI and containers run as root.
 if [ "$(id -u)" = 0 ]; then
@@ -18,16 +20,18 @@ nx_have_deps() {
         "$NX_PY" -c 'import numpy, h5py' 2>/dev/null
 }
 
-nx_install_deps() {
-    nx_have_deps && return 0
+nx_install_deps() { # nx_install_deps [EXTRA_PACKAGES...]
+    local missing=""
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    nx_have_deps && [ -z "$missing" ] && return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         echo "nvfp4x: missing build dependencies; install: $NX_PACKAGES" >&2
         return 1
     fi
-    echo "nvfp4x: installing $NX_PACKAGES" >&2
+    echo "nvfp4x: installing $NX_PACKAGES$missing" >&2
     apt-get update -qq
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NX_PACKAGES >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NX_PACKAGES $missing >/dev/null
 }
 
 nx_build() { # nx_build BUILD_DIR [CMAKE_ARGS...]

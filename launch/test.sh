@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test with ctest: once in a release build,
-# once under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Installs what is missing, builds, and runs every test with ctest: in a release build, under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and against serial HDF5.
 source "$(dirname "$0")/common.sh"
-nx_install_deps
+# shellcheck disable=SC2086
+nx_install_deps $NX_TEST_PACKAGES
 cd "$NX_ROOT"
 
 echo "== release build"
@@ -12,3 +13,7 @@ ctest --test-dir build --output-on-failure -j 2
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
 nx_build build-asan -DNX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j 2
+
+echo "== serial HDF5 build"
+nx_build build-serial -DHDF5_PREFER_PARALLEL=OFF
+ctest --test-dir build-serial --output-on-failure -j 2

@@ -17,6 +17,7 @@ typedef struct calib_entry {
 struct nx_calib {
     char *path;
     hid_t file;
+    int collective;
     nx_strmap index; /* dot-form key -> position in entries */
     calib_entry *entries;
     size_t len, cap;
@@ -121,7 +122,7 @@ static herr_t visit_link(hid_t group, const char *name, const H5L_info_t *info, 
     return v->rc ? -1 : 0;
 }
 
-static int calib_load(nx_calib *c, const char *path, nx_err *e)
+static int calib_load(nx_calib *c, const char *path, hid_t fapl, nx_err *e)
 {
     c->path = nx_strdup(path);
     NX_ALLOC_CHECK(c->path, e, "calibration path");
@@ -129,7 +130,7 @@ static int calib_load(nx_calib *c, const char *path, nx_err *e)
                 path);
     /* Our messages name the file and dataset; HDF5's own stack dump would only add noise. */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    c->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    c->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     NX_ERROR_IF(c->file < 0, e, NX_EINPUT, "%s: not a readable HDF5 file", path);
     calib_visit v = { c, e, NX_OK };
     herr_t status = H5Lvisit(c->file, H5_INDEX_NAME, H5_ITER_INC, visit_link, &v);
@@ -138,19 +139,48 @@ static int calib_load(nx_calib *c, const char *path, nx_err *e)
     return NX_OK;
 }
 
-int nx_calib_open(const char *path, nx_calib **out, nx_err *e)
+static int calib_open(const char *path, hid_t fapl, nx_calib **out, nx_err *e)
 {
     *out = NULL;
     nx_calib *c = calloc(1, sizeof *c);
     NX_ALLOC_CHECK(c, e, "calibration index");
     c->file = H5I_INVALID_HID;
-    int rc = calib_load(c, path, e);
+    c->collective = fapl != H5P_DEFAULT;
+    int rc = calib_load(c, path, fapl, e);
     if (rc != NX_OK) {
         nx_calib_close(c);
         return rc;
     }
     *out = c;
     return NX_OK;
+}
+
+int nx_calib_open(const char *path, nx_calib **out, nx_err *e)
+{
+    return calib_open(path, H5P_DEFAULT, out, e);
+}
+
+int nx_calib_open_collective(const char *path, MPI_Comm comm, nx_calib **out, nx_err *e)
+{
+    *out = NULL;
+#ifdef NX_HDF5_PARALLEL
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    NX_ERROR_IF(fapl < 0 || H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0, e, NX_EIO,
+                "%s: cannot set up MPI-IO access", path);
+    int rc = calib_open(path, fapl, out, e);
+    H5Pclose(fapl);
+    return rc;
+#else
+    (void)path;
+    (void)comm;
+    (void)e;
+    return NX_OK;
+#endif
+}
+
+int nx_calib_is_collective(const nx_calib *c)
+{
+    return c != NULL && c->collective;
 }
 
 void nx_calib_close(nx_calib *c)

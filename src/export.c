@@ -24,6 +24,7 @@ typedef struct pipeline {
     nx_plan plan;
     nx_amax amax;
     nx_source src;
+    nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
     int kv_fp8;
     char *staging;
 } pipeline;
@@ -61,6 +62,26 @@ static int phase_catalog(pipeline *pl, nx_err *e)
     return NX_OK;
 }
 
+/* Parallel HDF5: all ranks open the file together and keep it for phase 6. Serial HDF5:
+ * rank 0 reads and broadcasts; owners of static modules open it themselves later. */
+static int open_calib(pipeline *pl, nx_err *e)
+{
+    if (pl->o->calib == NULL)
+        return NX_OK;
+    int rc = nx_calib_open_collective(pl->o->calib, pl->comm, &pl->calib, e);
+    if (rc == NX_OK && pl->calib == NULL && pl->rank == 0)
+        rc = nx_calib_open(pl->o->calib, &pl->calib, e);
+    return nx_agree(rc, e, pl->comm);
+}
+
+static void close_calib(pipeline *pl, int collective)
+{
+    if (nx_calib_is_collective(pl->calib) == collective) {
+        nx_calib_close(pl->calib);
+        pl->calib = NULL;
+    }
+}
+
 /* Phase 3: statistics, and whether KV-cache scales are written. */
 static int phase_calib(pipeline *pl, nx_err *e)
 {
@@ -68,7 +89,10 @@ static int phase_calib(pipeline *pl, nx_err *e)
     NX_ERROR_IF(o->calib == NULL && !o->weight_only, e, NX_EINPUT,
                 "--calib is required (activation scales come from calibration) unless "
                 "--weight-only");
-    NX_TRY(nx_stats_gather(o->calib, &pl->cat, &pl->cls, &pl->stats, pl->comm, e));
+    NX_TRY(open_calib(pl, e));
+    int rc = nx_stats_gather(pl->calib, &pl->cat, &pl->cls, &pl->stats, pl->comm, e);
+    close_calib(pl, 0);
+    NX_TRY(rc);
     NX_ERROR_IF(o->kv == NX_KV_FP8 && !pl->stats.has_kv, e, NX_EINPUT,
                 "--kv-cache fp8: %s lacks k_bmm_quantizer/_amax or v_bmm_quantizer/_amax for "
                 "some attention layer", o->calib ? o->calib : "(no calibration file)");
@@ -122,7 +146,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     NX_TRY(nx_agree(rc, e, pl->comm));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
-                         .calib_path = o->calib };
+                         .calib_path = o->calib, .calib = pl->calib };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)
@@ -143,6 +167,7 @@ static int phase_write(pipeline *pl, nx_err *e)
 
 static void pipeline_free(pipeline *pl)
 {
+    nx_calib_close(pl->calib); /* collective when opened collectively: every rank is here */
     if (pl->src.c)
         nx_source_close(&pl->src);
     nx_amax_free(&pl->amax);

@@ -53,11 +53,9 @@ static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, n
     return nx_calib_read(cal, mod, "weight_quantizer", "_amax", &s->w_amax[i], 1, e);
 }
 
-static int read_all(const char *path, const nx_catalog *c, const nx_classes *k, nx_stats *s,
-                    nx_err *e)
+static int read_all(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
+                    nx_stats *s, nx_err *e)
 {
-    nx_calib *cal = NULL;
-    NX_TRY(nx_calib_open(path, &cal, e));
     int rc = NX_OK;
     for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
         char *mod = nx_qmod_name(c, &k->q[i]);
@@ -72,7 +70,6 @@ static int read_all(const char *path, const nx_catalog *c, const nx_classes *k, 
         if (rc == NX_OK)
             rc = read_optional(cal, k->attn[a], "v_bmm_quantizer", "_amax", &s->v_amax[a], e);
     }
-    nx_calib_close(cal);
     return rc;
 }
 
@@ -82,7 +79,7 @@ static void fill_absent(float *v, int64_t n)
         v[i] = NX_ABSENT;
 }
 
-int nx_stats_gather(const char *calib_path, const nx_catalog *c, const nx_classes *k,
+int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
                     nx_stats *s, MPI_Comm comm, nx_err *e)
 {
     int rank;
@@ -103,8 +100,8 @@ int nx_stats_gather(const char *calib_path, const nx_catalog *c, const nx_classe
         fill_absent(s->k_amax, k->n_attn);
         fill_absent(s->v_amax, k->n_attn);
     }
-    if (rc == NX_OK && rank == 0 && calib_path)
-        rc = read_all(calib_path, c, k, s, e);
+    if (rc == NX_OK && rank == 0 && cal)
+        rc = read_all(cal, c, k, s, e);
     NX_TRY(nx_agree(rc, e, comm));
     MPI_Bcast(s->in_amax, (int)k->n_q, MPI_FLOAT, 0, comm);
     MPI_Bcast(s->w_amax, (int)k->n_q, MPI_FLOAT, 0, comm);

@@ -98,6 +98,8 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
 static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
 {
     const nx_qmod *m = &wr->k->q[q];
+    if (wr->calib == NULL && wr->o->calib)
+        wr->calib = wr->o->calib;
     if (wr->calib == NULL)
         NX_TRY(nx_calib_open(wr->o->calib_path, &wr->calib, e));
     int64_t n = m->rows * (m->cols / NX_BLOCK);
@@ -217,7 +219,8 @@ static int writer_close(writer *wr, int rc, nx_err *e)
         if (close(wr->fds[s]) != 0 && rc == NX_OK)
             rc = nx_err_errno(e, NX_EIO, "%s: close failed", shard_path(wr, s, path, sizeof path));
     }
-    nx_calib_close(wr->calib);
+    if (wr->calib != wr->o->calib)
+        nx_calib_close(wr->calib);
     free(wr->fds);
     free(wr->raw);
     free(wr->w);

@@ -2,6 +2,7 @@
 #ifndef NVFP4X_CALIB_H
 #define NVFP4X_CALIB_H
 
+#include <mpi.h>
 #include <stdint.h>
 
 #include "nvfp4x/error.h"
@@ -11,6 +12,11 @@ typedef struct nx_calib nx_calib;
 /* Opens path read-only and indexes every dataset (HDF5 path with '/' turned into '.').
  * Works with serial and parallel HDF5 builds; each caller opens independently. */
 int nx_calib_open(const char *path, nx_calib **c, nx_err *e);
+/* With parallel HDF5: every rank of comm opens the file collectively (MPI-IO); reads stay
+ * independent, and nx_calib_close is then collective too. With serial HDF5 it returns
+ * NX_OK and *c = NULL: the caller opens rank-locally instead. */
+int nx_calib_open_collective(const char *path, MPI_Comm comm, nx_calib **c, nx_err *e);
+int nx_calib_is_collective(const nx_calib *c);
 void nx_calib_close(nx_calib *c);
 const char *nx_calib_path(const nx_calib *c);
 

@@ -6,6 +6,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "nvfp4x/calib.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/classify.h"
 
@@ -21,8 +22,9 @@ typedef struct nx_stats {
     int has_kv;        /* k and v amax for every attention */
 } nx_stats;
 
-/* calib_path may be NULL (weight-only export): every statistic is then absent. */
-int nx_stats_gather(const char *calib_path, const nx_catalog *c, const nx_classes *k,
+/* cal is the open calibration file on rank 0 (other ranks ignore it), or NULL for a
+ * weight-only export without one: every statistic is then absent. */
+int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
                     nx_stats *s, MPI_Comm comm, nx_err *e);
 void nx_stats_free(nx_stats *s);
 

@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 
+#include "nvfp4x/calib.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/classify.h"
 #include "nvfp4x/plan.h"
@@ -17,6 +18,7 @@ typedef struct nx_write_opts {
     int threads;            /* per rank, >= 1 */
     int quiet;
     const char *calib_path; /* for static per-block amax */
+    nx_calib *calib;        /* the collectively opened file, or NULL: open rank-locally */
 } nx_write_opts;
 
 /* Rank 0: creates each shard in dir at its final size with its header written. */

@@ -245,12 +245,15 @@ static void print_plan(const pipeline *pl, FILE *out)
 static void print_owners(const pipeline *pl, FILE *out)
 {
     const nx_plan *p = &pl->plan;
-    fprintf(out, "owners (rank, source tensor or KV scales, first output shard):\n");
+    fprintf(out, "owners (rank, source tensor or KV scales, quantized|copied|kv, first output "
+            "shard):\n");
     for (int64_t i = 0; i < p->n_work; i++) {
         const nx_work *w = &p->work[i];
         const nx_out *first = &p->out[w->first];
-        fprintf(out, "  %d %s %s\n", w->rank,
-                w->tensor >= 0 ? pl->cat.t[w->tensor].name : first->name,
+        const char *kind = w->tensor < 0 ? "kv"
+                           : pl->cls.qmod_of[w->tensor] >= 0 ? "quantized" : "copied";
+        fprintf(out, "  %d %s %s %s\n", w->rank,
+                w->tensor >= 0 ? pl->cat.t[w->tensor].name : first->name, kind,
                 p->shard_names[first->shard]);
     }
 }

@@ -3,14 +3,10 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "nvfp4x/util.h"
 #include "nvfp4x/version.h"
@@ -198,89 +194,3 @@ int nx_assemble_write(const nx_catalog *c, const nx_classes *k, const nx_plan *p
     return write_config(c, k, o, dir, e);
 }
 
-static int unlink_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-int nx_remove_tree(const char *path)
-{
-    return nftw(path, unlink_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-int nx_staging_create(const char *dst, int force, char **staging, nx_err *e)
-{
-    *staging = NULL;
-    char *path = nx_asprintf("%s.nvfp4x-staging", dst);
-    NX_ALLOC_CHECK(path, e, "a path");
-    struct stat st;
-    int rc = NX_OK;
-    if (!force && stat(dst, &st) == 0)
-        rc = nx_err_set(e, NX_EINPUT, "%s: output already exists (use --force to replace it)",
-                        dst);
-    else if (stat(path, &st) == 0 && !force)
-        rc = nx_err_set(e, NX_EINPUT, "%s: staging directory of an earlier run exists (use "
-                        "--force to discard it)", path);
-    else if (stat(path, &st) == 0 && nx_remove_tree(path) != 0)
-        rc = nx_err_errno(e, NX_EIO, "%s: cannot remove", path);
-    if (rc == NX_OK && mkdir(path, 0755) != 0)
-        rc = nx_err_errno(e, NX_EIO, "%s: cannot create", path);
-    if (rc == NX_OK)
-        *staging = path; /* only now is it ours to remove on failure */
-    else
-        free(path);
-    return rc;
-}
-
-static int fsync_path(const char *path, nx_err *e)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return nx_err_errno(e, NX_EIO, "%s: cannot open to fsync", path);
-    int rc = fsync(fd) == 0 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: fsync failed", path);
-    close(fd);
-    return rc;
-}
-
-/* The parent directory of path (for fsync after rename), malloc'd. */
-static char *parent_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL)
-        return nx_strdup(".");
-    if (slash == path)
-        return nx_strdup("/");
-    return nx_asprintf("%.*s", (int)(slash - path), path);
-}
-
-int nx_staging_commit(const char *staging, const char *dst, int force, nx_err *e)
-{
-    NX_TRY(fsync_path(staging, e));
-    char *old = NULL;
-    struct stat st;
-    if (force && stat(dst, &st) == 0) {
-        old = nx_asprintf("%s.nvfp4x-old", dst);
-        NX_ALLOC_CHECK(old, e, "a path");
-        if (rename(dst, old) != 0) {
-            free(old);
-            return nx_err_errno(e, NX_EIO, "%s: cannot move the old output aside", dst);
-        }
-    }
-    int rc = rename(staging, dst) == 0
-                 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: cannot rename to %s", staging, dst);
-    if (old) {
-        if (rc == NX_OK)
-            nx_remove_tree(old);
-        else
-            rename(old, dst);
-        free(old);
-    }
-    char *parent = parent_of(dst);
-    if (rc == NX_OK && parent)
-        rc = fsync_path(parent, e);
-    free(parent);
-    return rc;
-}

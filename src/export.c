@@ -8,7 +8,9 @@
 #include "nvfp4x/assemble.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/comm.h"
+#include "nvfp4x/journal.h"
 #include "nvfp4x/plan.h"
+#include "nvfp4x/staging.h"
 #include "nvfp4x/stats.h"
 #include "nvfp4x/sync.h"
 #include "nvfp4x/util.h"
@@ -26,7 +28,8 @@ typedef struct pipeline {
     nx_source src;
     nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
     int kv_fp8;
-    char *staging;
+    char *staging;   /* rank 0, once the staging directory is ours */
+    int resumed;
 } pipeline;
 
 static void say(const pipeline *pl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -130,6 +133,43 @@ static uint64_t mem_budget(const pipeline *pl)
     return 2 * largest < (1ULL << 30) ? 2 * largest : 1ULL << 30;
 }
 
+/* The options that change output bytes, for the staging directory's fingerprint. */
+static char *options_text(const pipeline *pl)
+{
+    const nx_export_opts *o = pl->o;
+    char excl[2048] = "";
+    for (int i = 0; i < o->classify.n_exclude; i++) {
+        size_t len = strlen(excl);
+        snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
+    }
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d exclude=%s",
+                       o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
+                       o->weight_only, pl->kv_fp8, excl);
+}
+
+/* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
+static int open_staging(pipeline *pl, nx_err *e)
+{
+    const nx_export_opts *o = pl->o;
+    int rc = NX_OK;
+    if (pl->rank == 0) {
+        char *opts = options_text(pl);
+        char *fp = opts ? nx_plan_fingerprint(&pl->cat, &pl->plan, opts, o->calib) : NULL;
+        nx_staging_opts so = { .force = o->force, .resume = o->resume, .fingerprint = fp };
+        rc = fp ? nx_staging_open(o->output, &so, &pl->staging, &pl->resumed, e)
+                : nx_err_set(e, NX_EIO, "out of memory");
+        if (rc == NX_OK)
+            rc = nx_shards_create(&pl->plan, pl->staging, pl->resumed, e);
+        free(opts);
+        free(fp);
+    }
+    NX_TRY(nx_agree(rc, e, pl->comm));
+    MPI_Bcast(&pl->resumed, 1, MPI_INT, 0, pl->comm);
+    if (pl->resumed)
+        say(pl, "resuming %s.nvfp4x-staging: finished pieces are checked and kept", o->output);
+    return NX_OK;
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
@@ -140,13 +180,11 @@ static int phase_write(pipeline *pl, nx_err *e)
                           &pl->amax, pl->comm, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
-    rc = pl->rank == 0 ? nx_staging_create(o->output, o->force, &pl->staging, e) : NX_OK;
-    if (rc == NX_OK && pl->rank == 0)
-        rc = nx_shards_create(&pl->plan, pl->staging, e);
-    NX_TRY(nx_agree(rc, e, pl->comm));
+    NX_TRY(open_staging(pl, e));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
-                         .calib_path = o->calib, .calib = pl->calib };
+                         .calib_path = o->calib, .calib = pl->calib,
+                         .resumed = pl->resumed };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)
@@ -178,6 +216,19 @@ static void pipeline_free(pipeline *pl)
     free(pl->staging);
 }
 
+/* After an I/O failure the staging directory stays for --resume; bad input removes it. Either
+ * way nothing named like the output exists. */
+static void keep_or_remove_staging(const pipeline *pl, nx_err *e)
+{
+    if (e->code != NX_EIO) {
+        nx_remove_tree(pl->staging);
+        return;
+    }
+    size_t len = strlen(e->msg);
+    snprintf(e->msg + len, sizeof e->msg - len, " (finished pieces are kept in %s: rerun with "
+             "--resume to continue)", pl->staging);
+}
+
 int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e)
 {
     pipeline pl = { .o = o, .comm = comm };
@@ -193,7 +244,7 @@ int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e)
     if (rc == NX_OK)
         rc = phase_write(&pl, e);
     if (rc != NX_OK && pl.rank == 0 && pl.staging)
-        nx_remove_tree(pl.staging); /* a failed run leaves nothing that looks complete */
+        keep_or_remove_staging(&pl, e);
     pipeline_free(&pl);
     return rc;
 }

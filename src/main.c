@@ -2,6 +2,7 @@
 #include <getopt.h>
 #include <mpi.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,9 @@ static const char usage_text[] =
     "  --threads N            quantization threads per rank (default: the rank's cores)\n"
     "  --mem-budget SIZE      memory per rank for keeping whole tensors between the amax\n"
     "                         pass and quantization (default: 2x the largest tensor, <= 1GiB)\n"
-    "  --force                replace an existing output or stale staging directory\n"
+    "  --resume               continue an interrupted export from OUTPUT.nvfp4x-staging,\n"
+    "                         reusing pieces whose checksums match its journal\n"
+    "  --force                replace an existing output or discard a staging directory\n"
     "  --quiet                no progress output\n"
     "  --ranks N              plan: ranks to plan for (default: the MPI size)\n"
     "  --owners               plan: list every source tensor with its rank and shard\n"
@@ -52,7 +55,7 @@ static const char usage_text[] =
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
-       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS };
+       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -71,6 +74,7 @@ static const struct option long_opts[] = {
     { "json", no_argument, 0, OPT_JSON },
     { "mem-budget", required_argument, 0, OPT_MEM },
     { "owners", no_argument, 0, OPT_OWNERS },
+    { "resume", no_argument, 0, OPT_RESUME },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
@@ -135,6 +139,7 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_CALIB: c->x.calib = arg; return NX_OK;
     case OPT_WEIGHT_ONLY: c->x.weight_only = 1; return NX_OK;
     case OPT_FORCE: c->x.force = 1; return NX_OK;
+    case OPT_RESUME: c->x.resume = 1; return NX_OK;
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
     case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: return parse_choice(opt, arg, c, e);
@@ -257,6 +262,8 @@ static int run(cli *c, int rank, nx_err *e)
 
 int main(int argc, char **argv)
 {
+    /* Past a file size limit, write() should fail with EFBIG (reported), not kill us. */
+    signal(SIGXFSZ, SIG_IGN);
     int provided, rank = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -365,3 +365,55 @@ int nx_glob_match(const char *p, const char *s)
         p++;
     return *p == '\0';
 }
+
+static uint32_t crc_table[256];
+
+static void crc_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32c_table(uint32_t crc, const uint8_t *p, size_t len)
+{
+    static int ready;
+    if (!ready) { /* benign race: every thread computes the same table */
+        crc_table_init();
+        ready = 1;
+    }
+    for (size_t i = 0; i < len; i++)
+        crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                            size_t len)
+{
+    uint64_t c = crc;
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    uint32_t c32 = (uint32_t)c;
+    for (; len > 0; p++, len--)
+        c32 = _mm_crc32_u8(c32, *p);
+    return c32;
+}
+#endif
+
+uint32_t nx_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2"))
+        return ~crc32c_hw(crc, buf, len);
+#endif
+    return ~crc32c_table(crc, buf, len);
+}

@@ -3,23 +3,35 @@
 
 #include <fcntl.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "nvfp4x/calib.h"
 #include "nvfp4x/comm.h"
+#include "nvfp4x/journal.h"
 #include "nvfp4x/progress.h"
 #include "nvfp4x/util.h"
 
 #define ROW_BLOCK_ELEMS (4 << 20) /* elements quantized per step */
 #define COPY_CHUNK (16 << 20)
 
-int nx_shards_create(const nx_plan *p, const char *dir, nx_err *e)
+static int shard_exists(const char *path, uint64_t bytes)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == bytes;
+}
+
+int nx_shards_create(const nx_plan *p, const char *dir, int keep_existing, nx_err *e)
 {
     for (int32_t s = 0; s < p->n_shards; s++) {
         char *path = nx_path_join(dir, p->shard_names[s]);
         NX_ALLOC_CHECK(path, e, "a path");
+        if (keep_existing && shard_exists(path, p->shard_bytes[s])) {
+            free(path);
+            continue;
+        }
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         int rc = fd >= 0 ? NX_OK : nx_err_errno(e, NX_EIO, "%s: cannot create", path);
         if (rc == NX_OK)
@@ -52,6 +64,11 @@ typedef struct writer {
     uint8_t *codes, *scales;
     nx_progress pg;
     uint64_t done;
+    nx_journal jr;
+    int64_t journaled;                   /* items this rank journaled */
+    int64_t stall_after;                 /* test hook, see stall_if_asked */
+    const nx_work *item;                 /* the work item being produced */
+    uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
 static const char *shard_path(writer *wr, int32_t s, char *buf, size_t len)
@@ -60,18 +77,50 @@ static const char *shard_path(writer *wr, int32_t s, char *buf, size_t len)
     return buf;
 }
 
+static int shard_fd(writer *wr, int32_t s, int *fd, char *path, size_t len, nx_err *e)
+{
+    shard_path(wr, s, path, len);
+    if (wr->fds[s] < 0) {
+        wr->fds[s] = open(path, O_RDWR | O_CLOEXEC);
+        if (wr->fds[s] < 0)
+            return nx_err_errno(e, NX_EIO, "%s: cannot open for writing", path);
+    }
+    *fd = wr->fds[s];
+    return NX_OK;
+}
+
+/* Outputs are written front to back, so each one's checksum streams along. */
 static int out_write(writer *wr, const nx_out *out, uint64_t off, const void *buf, size_t len,
                      nx_err *e)
 {
     char path[4096];
-    shard_path(wr, out->shard, path, sizeof path);
-    if (wr->fds[out->shard] < 0) {
-        wr->fds[out->shard] = open(path, O_WRONLY | O_CLOEXEC);
-        if (wr->fds[out->shard] < 0)
-            return nx_err_errno(e, NX_EIO, "%s: cannot open for writing", path);
-    }
+    int fd;
+    NX_TRY(shard_fd(wr, out->shard, &fd, path, sizeof path, e));
     NX_ERROR_IF(off + len > out->nbytes, e, NX_EIO, "internal: write past %s", out->name);
-    return nx_pwrite_full(wr->fds[out->shard], buf, len, out->offset + off, path, e);
+    int64_t j = out - &wr->p->out[wr->item->first];
+    wr->crc[j] = nx_crc32c(wr->crc[j], buf, len);
+    return nx_pwrite_full(fd, buf, len, out->offset + off, path, e);
+}
+
+/* --resume: an item is reused only if its outputs still have the journaled checksums. */
+static int outputs_match(writer *wr, const nx_work *w, const uint32_t *crc, int *match,
+                         nx_err *e)
+{
+    char path[4096];
+    *match = 1;
+    for (int32_t j = 0; j < w->n_out && *match; j++) {
+        const nx_out *out = &wr->p->out[w->first + j];
+        int fd;
+        uint32_t got = 0;
+        NX_TRY(shard_fd(wr, out->shard, &fd, path, sizeof path, e));
+        for (uint64_t off = 0; off < out->nbytes; off += COPY_CHUNK) {
+            size_t len = out->nbytes - off < COPY_CHUNK ? (size_t)(out->nbytes - off) : COPY_CHUNK;
+            NX_TRY(nx_pread_full(fd, wr->raw, len, out->offset + off, path, e));
+            got = nx_crc32c(got, wr->raw, len);
+        }
+        *match = got == crc[j];
+    }
+    return NX_OK;
 }
 
 static int write_f32(writer *wr, const nx_out *out, float v, nx_err *e)
@@ -177,13 +226,55 @@ static int kv_scales(writer *wr, const nx_work *w, nx_err *e)
     return write_f32(wr, v, nx_kv_scale(wr->s->v_amax[v->src], wr->o->numerics), e);
 }
 
-static int process(writer *wr, const nx_work *w, nx_err *e)
+static int produce(writer *wr, const nx_work *w, nx_err *e)
 {
+    wr->item = w;
+    memset(wr->crc, 0, sizeof wr->crc);
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
     int rc = wr->k->qmod_of[w->tensor] >= 0 ? quantize_tensor(wr, w, e) : copy_tensor(wr, w, e);
     nx_source_drop(wr->src, w->tensor);
     return rc;
+}
+
+/* Fault-injection hook for the crash tests (docs/testing.md): NVFP4X_TEST_STALL_AFTER=N makes
+ * rank NVFP4X_TEST_STALL_RANK (default 1) stop after journaling N items, so that a test can
+ * kill it at a known point. */
+static void stall_if_asked(writer *wr)
+{
+    if (wr->stall_after > 0 && wr->journaled == wr->stall_after)
+        for (;;)
+            pause();
+}
+
+static int64_t stall_setting(int rank)
+{
+    const char *n = getenv("NVFP4X_TEST_STALL_AFTER"), *r = getenv("NVFP4X_TEST_STALL_RANK");
+    if (n == NULL || (r ? atoi(r) : 1) != rank)
+        return 0;
+    return atoll(n);
+}
+
+/* Reuses a journaled item when resuming, else produces it and journals it. */
+static int process(writer *wr, const nx_work *w, nx_err *e)
+{
+    const char *key = wr->p->out[w->first].name;
+    const uint32_t *crc = wr->o->resumed ? nx_journal_lookup(&wr->jr, key) : NULL;
+    int reuse = 0;
+    if (crc)
+        NX_TRY(outputs_match(wr, w, crc, &reuse, e));
+    if (reuse) {
+        wr->done += w->tensor >= 0 ? wr->c->t[w->tensor].nbytes : 0;
+        nx_progress_poll(&wr->pg, wr->done);
+        return NX_OK;
+    }
+    NX_TRY(produce(wr, w, e));
+    if (wr->pg.stop)
+        return NX_OK;
+    NX_TRY(nx_journal_append(&wr->jr, key, wr->crc, w->n_out, e));
+    wr->journaled++;
+    stall_if_asked(wr);
+    return NX_OK;
 }
 
 static int writer_init(writer *wr, nx_err *e)
@@ -204,7 +295,10 @@ static int writer_init(writer *wr, nx_err *e)
                 "out of memory for the row buffers");
     for (int32_t s = 0; s < wr->p->n_shards; s++)
         wr->fds[s] = -1;
-    return NX_OK;
+    int rank;
+    MPI_Comm_rank(wr->pg.comm, &rank);
+    wr->stall_after = stall_setting(rank);
+    return nx_journal_open(&wr->jr, wr->dir, rank, wr->o->resumed, e);
 }
 
 /* fsync what this rank wrote: on a cluster filesystem each client flushes its own pages. */
@@ -221,6 +315,7 @@ static int writer_close(writer *wr, int rc, nx_err *e)
     }
     if (wr->calib != wr->o->calib)
         nx_calib_close(wr->calib);
+    rc = nx_journal_close(&wr->jr, rc, e);
     free(wr->fds);
     free(wr->raw);
     free(wr->w);
@@ -236,7 +331,7 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     int rank;
     MPI_Comm_rank(comm, &rank);
     writer wr = { .c = src->c, .k = k, .s = s, .a = a, .p = p, .o = o, .dir = dir,
-                  .src = src };
+                  .src = src, .jr = { .fd = -1 } };
     nx_progress_init(&wr.pg, comm, src->c->total_bytes, "quantized", o->quiet);
     int rc = writer_init(&wr, e);
     for (int64_t i = 0; i < p->n_work && rc == NX_OK && !wr.pg.stop; i++)

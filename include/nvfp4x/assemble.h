@@ -16,12 +16,4 @@ typedef struct nx_assemble_opts {
 int nx_assemble_write(const nx_catalog *c, const nx_classes *k, const nx_plan *p,
                       const nx_assemble_opts *o, const char *dir, nx_err *e);
 
-/* Staging directory next to dst: "<dst>.nvfp4x-staging". An existing dst or staging
- * directory is refused unless force. *staging is malloc'd. */
-int nx_staging_create(const char *dst, int force, char **staging, nx_err *e);
-/* fsyncs staging and renames it to dst (replacing an old dst when force). */
-int nx_staging_commit(const char *staging, const char *dst, int force, nx_err *e);
-/* Removes a directory tree (our staging directory after a failure). */
-int nx_remove_tree(const char *path);
-
 #endif

@@ -22,6 +22,7 @@ typedef struct nx_export_opts {
     uint64_t mem_budget; /* bytes of whole tensors kept between phases 5 and 6; 0: default */
     int quiet;
     int force;
+    int resume;      /* continue an interrupted export's staging directory */
     int plan_ranks;  /* plan: ranks to plan for */
     int plan_owners; /* plan: list every work item's owner */
 } nx_export_opts;

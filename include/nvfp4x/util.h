@@ -65,6 +65,10 @@ int nx_strmap_put(nx_strmap *m, const char *key, int64_t val);
 /* Value, or -1 when absent. */
 int64_t nx_strmap_get(const nx_strmap *m, const char *key);
 
+/* CRC-32C (Castagnoli), streaming: crc = nx_crc32c(crc, buf, len), starting from 0. Uses the
+ * SSE4.2 instruction when the CPU has it. */
+uint32_t nx_crc32c(uint32_t crc, const void *buf, size_t len);
+
 /* Shell-style glob: '*' any run, '?' one char, no special treatment of '.' or '/'. */
 int nx_glob_match(const char *pattern, const char *s);
 

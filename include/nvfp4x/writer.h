@@ -19,10 +19,12 @@ typedef struct nx_write_opts {
     int quiet;
     const char *calib_path; /* for static per-block amax */
     nx_calib *calib;        /* the collectively opened file, or NULL: open rank-locally */
+    int resumed;            /* reuse journaled items whose outputs check out */
 } nx_write_opts;
 
-/* Rank 0: creates each shard in dir at its final size with its header written. */
-int nx_shards_create(const nx_plan *p, const char *dir, nx_err *e);
+/* Rank 0: creates each shard in dir at its final size with its header written; with
+ * keep_existing (resuming), a shard already there at its planned size is kept. */
+int nx_shards_create(const nx_plan *p, const char *dir, int keep_existing, nx_err *e);
 
 /* Every rank: produces the outputs of the work it owns into the shards in dir. A failure on
  * any rank stops all ranks promptly; the returned status is agreed. */

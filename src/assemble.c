@@ -136,13 +136,57 @@ static cJSON *quantization_config(const nx_classes *k, const nx_assemble_opts *o
     return qc;
 }
 
+static cJSON *ct_args(int weights)
+{
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddNumberToObject(a, "num_bits", 4);
+    cJSON_AddStringToObject(a, "type", "float");
+    cJSON_AddStringToObject(a, "strategy", "tensor_group");
+    cJSON_AddNumberToObject(a, "group_size", 16);
+    cJSON_AddTrueToObject(a, "symmetric");
+    if (weights)
+        cJSON_AddFalseToObject(a, "dynamic");
+    else
+        cJSON_AddStringToObject(a, "dynamic", "local");
+    return a;
+}
+
+/* llm-compressor's nvfp4-pack-quantized: ignore lists exact module names. */
+static cJSON *ct_quantization_config(const nx_classes *k, const nx_assemble_opts *o)
+{
+    cJSON *qc = cJSON_CreateObject();
+    cJSON_AddStringToObject(qc, "quant_method", "compressed-tensors");
+    cJSON_AddStringToObject(qc, "format", "nvfp4-pack-quantized");
+    cJSON_AddStringToObject(qc, "quantization_status", "compressed");
+    cJSON *g0 = cJSON_AddObjectToObject(cJSON_AddObjectToObject(qc, "config_groups"), "group_0");
+    cJSON *targets = cJSON_AddArrayToObject(g0, "targets");
+    cJSON_AddItemToArray(targets, cJSON_CreateString("Linear"));
+    cJSON_AddItemToObject(g0, "weights", ct_args(1));
+    cJSON_AddItemToObject(g0, "input_activations", o->weight_only ? cJSON_CreateNull()
+                                                                  : ct_args(0));
+    cJSON_AddItemToObject(qc, "ignore", string_array(k->excluded, k->n_excluded));
+    if (o->kv_fp8) {
+        cJSON *kv = cJSON_AddObjectToObject(qc, "kv_cache_scheme");
+        cJSON_AddNumberToObject(kv, "num_bits", 8);
+        cJSON_AddStringToObject(kv, "type", "float");
+        cJSON_AddStringToObject(kv, "strategy", "tensor");
+        cJSON_AddFalseToObject(kv, "dynamic");
+        cJSON_AddTrueToObject(kv, "symmetric");
+    } else {
+        cJSON_AddNullToObject(qc, "kv_cache_scheme");
+    }
+    return qc;
+}
+
 static int write_config(const nx_catalog *c, const nx_classes *k, const nx_assemble_opts *o,
                         const char *dir, nx_err *e)
 {
     cJSON *cfg = cJSON_Parse(c->config_text);
     NX_ERROR_IF(cfg == NULL, e, NX_EINPUT, "%s/config.json: not valid JSON", c->dir);
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
-    cJSON_AddItemToObject(cfg, "quantization_config", quantization_config(k, o));
+    cJSON_AddItemToObject(cfg, "quantization_config",
+                          o->format == NX_FORMAT_COMPRESSED_TENSORS ? ct_quantization_config(k, o)
+                                                                    : quantization_config(k, o));
     int rc = write_json(dir, "config.json", cfg, e);
     cJSON_Delete(cfg);
     return rc;
@@ -190,7 +234,8 @@ int nx_assemble_write(const nx_catalog *c, const nx_classes *k, const nx_plan *p
 {
     NX_TRY(copy_other_files(c, dir, e));
     NX_TRY(write_index(p, dir, e));
-    NX_TRY(write_hf_quant_config(k, o, dir, e));
+    if (o->format == NX_FORMAT_MODELOPT) /* TensorRT-LLM's file; compressed-tensors has none */
+        NX_TRY(write_hf_quant_config(k, o, dir, e));
     return write_config(c, k, o, dir, e);
 }
 

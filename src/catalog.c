@@ -18,6 +18,11 @@ int64_t nx_tensor_elems(const nx_tensor *t)
     return n;
 }
 
+uint64_t nx_tensor_out_bytes(const nx_tensor *t)
+{
+    return t->scale_inv >= 0 ? (uint64_t)nx_tensor_elems(t) * 2 : t->nbytes;
+}
+
 int64_t nx_catalog_find(const nx_catalog *c, const char *name)
 {
     return nx_strmap_get(&c->by_name, name);
@@ -47,6 +52,21 @@ static int64_t json_int(const cJSON *obj, const char *const *keys)
     return -1;
 }
 
+/* DeepSeek-V3/Kimi-K2 FP8 releases: quant_method "fp8" with weight_block_size [128, 128]. */
+static void read_fp8_config(nx_catalog *c, const cJSON *cfg)
+{
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+    const cJSON *block = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
+    if (!cJSON_IsString(method) || strcmp(method->valuestring, "fp8") != 0 ||
+        cJSON_GetArraySize(block) != 2)
+        return;
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetArrayItem(block, i);
+        c->fp8_block[i] = cJSON_IsNumber(v) && v->valuedouble >= 1 ? (int64_t)v->valuedouble : 0;
+    }
+}
+
 /* Model-level facts the classifier needs. Multimodal configs keep them in text_config. */
 static int read_config(nx_catalog *c, nx_err *e)
 {
@@ -67,6 +87,7 @@ static int read_config(nx_catalog *c, nx_err *e)
             snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
         c->num_hidden_layers = json_int(src, layers);
         c->num_experts = json_int(src, experts);
+        read_fp8_config(c, src);
         if (c->num_experts < 0)
             c->num_experts = 0;
         if (c->num_hidden_layers <= 0)
@@ -204,6 +225,51 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
     return NX_OK;
 }
 
+static int check_fp8_pair(const nx_catalog *c, const nx_tensor *w, const nx_tensor *s,
+                          nx_err *e)
+{
+    int64_t b0 = c->fp8_block[0], b1 = c->fp8_block[1];
+    NX_ERROR_IF(w->dtype != NX_DT_F8_E4M3 || w->ndim != 2, e, NX_EINPUT,
+                "%s: tensor %s has a weight_scale_inv but is not a 2-D F8_E4M3 weight", c->dir,
+                w->name);
+    NX_ERROR_IF(b0 <= 0 || b1 <= 0, e, NX_EINPUT, "%s/config.json: tensor %s is FP8 block-"
+                "scaled but quantization_config has no weight_block_size", c->dir, w->name);
+    NX_ERROR_IF(s->dtype != NX_DT_F32 || s->ndim != 2 ||
+                s->shape[0] != (w->shape[0] + b0 - 1) / b0 ||
+                s->shape[1] != (w->shape[1] + b1 - 1) / b1, e, NX_EINPUT,
+                "%s: tensor %s must be F32 [%lld, %lld] (ceil of %s's shape / %lld x %lld blocks)",
+                c->dir, s->name, (long long)((w->shape[0] + b0 - 1) / b0),
+                (long long)((w->shape[1] + b1 - 1) / b1), w->name, (long long)b0, (long long)b1);
+    return NX_OK;
+}
+
+/* Pairs every X.weight_scale_inv with X.weight; an FP8 weight without one is refused. */
+static int link_fp8(nx_catalog *c, nx_err *e)
+{
+    static const char suffix[] = ".weight_scale_inv";
+    const size_t sl = sizeof suffix - 1;
+    for (int64_t i = 0; i < c->n; i++)
+        c->t[i].scale_inv = -1;
+    for (int64_t i = 0; i < c->n; i++) {
+        nx_tensor *s = &c->t[i];
+        size_t len = strlen(s->name);
+        if (len <= sl || strcmp(s->name + len - sl, suffix) != 0)
+            continue;
+        char *wname = nx_asprintf("%.*s.weight", (int)(len - sl), s->name);
+        NX_ALLOC_CHECK(wname, e, "a tensor name");
+        int64_t w = nx_catalog_find(c, wname);
+        free(wname);
+        NX_ERROR_IF(w < 0, e, NX_EINPUT, "%s: %s has no weight tensor beside it", c->dir, s->name);
+        NX_TRY(check_fp8_pair(c, &c->t[w], s, e));
+        c->t[w].scale_inv = i;
+        s->consumed = 1;
+    }
+    for (int64_t i = 0; c->fp8_block[0] > 0 && i < c->n; i++)
+        NX_ERROR_IF(c->t[i].dtype == NX_DT_F8_E4M3 && c->t[i].scale_inv < 0, e, NX_EINPUT,
+                    "%s: FP8 tensor %s has no weight_scale_inv", c->dir, c->t[i].name);
+    return NX_OK;
+}
+
 int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
 {
     memset(c, 0, sizeof *c);
@@ -233,6 +299,8 @@ int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
         rc = read_shards(c, e);
     if (rc == NX_OK)
         rc = index_tensors(c, has_index ? &expect : NULL, index, e);
+    if (rc == NX_OK)
+        rc = link_fp8(c, e);
     nx_strmap_free(&expect);
     free(index);
     return rc;
@@ -245,6 +313,7 @@ static void pack_catalog(const nx_catalog *c, nx_buf *b)
     nx_buf_put(b, c->model_type, sizeof c->model_type);
     nx_buf_put_u64(b, (uint64_t)c->num_hidden_layers);
     nx_buf_put_u64(b, (uint64_t)c->num_experts);
+    nx_buf_put(b, c->fp8_block, sizeof c->fp8_block);
     nx_buf_put_u64(b, (uint64_t)c->n_files);
     for (int32_t f = 0; f < c->n_files; f++)
         nx_buf_put_str(b, c->files[f]);
@@ -269,6 +338,7 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     nx_buf_get(b, c->model_type, sizeof c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
+    nx_buf_get(b, c->fp8_block, sizeof c->fp8_block);
     int32_t nf = (int32_t)nx_buf_get_u64(b);
     c->files = calloc((size_t)nf + 1, sizeof *c->files);
     NX_ALLOC_CHECK(c->files, e, "the shard list");
@@ -294,7 +364,7 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++)
         NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
-    return NX_OK;
+    return link_fp8(c, e);
 }
 
 int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)
@@ -361,6 +431,28 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
     return rc;
 }
 
+/* fl32(fp8 * scale_inv[i/b0][j/b1]) rounded to BF16, for rows [row0, row0+nrows). */
+static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t nrows,
+                        float *dst, const uint8_t *q, nx_err *e)
+{
+    const nx_tensor *st = &s->c->t[t->scale_inv];
+    int64_t b0 = s->c->fp8_block[0], b1 = s->c->fp8_block[1], cols = t->shape[1];
+    int64_t s0 = row0 / b0, s1 = (row0 + nrows - 1) / b0, scols = st->shape[1];
+    float *scale = malloc((size_t)((s1 - s0 + 1) * scols) * sizeof *scale);
+    NX_ALLOC_CHECK(scale, e, "FP8 block scales");
+    int rc = nx_source_read(s, t->scale_inv, (uint64_t)(s0 * scols) * 4, scale,
+                            (size_t)((s1 - s0 + 1) * scols) * 4, e);
+    for (int64_t r = 0; rc == NX_OK && r < nrows; r++) {
+        const float *srow = scale + ((row0 + r) / b0 - s0) * scols;
+        for (int64_t j = 0; j < cols; j++) {
+            float v = nx_e4m3_decode(q[r * cols + j]) * srow[j / b1];
+            dst[r * cols + j] = nx_bf16_to_f32(nx_f32_to_bf16(v));
+        }
+    }
+    free(scale);
+    return rc;
+}
+
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e)
 {
@@ -369,6 +461,8 @@ int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t 
     uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
     NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,
                           (size_t)((uint64_t)nrows * row_bytes), e));
+    if (t->scale_inv >= 0)
+        return fp8_rows_f32(s, t, row0, nrows, dst, raw, e);
     NX_ERROR_IF(nx_widen_f32(raw, t->dtype, nrows * t->shape[1], dst) != 0, e, NX_EINPUT,
                 "%s: tensor %s has dtype %s; quantized weights must be BF16, F16 or F32",
                 nx_source_path(s, tensor), t->name, nx_dtype_name(t->dtype));

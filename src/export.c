@@ -110,7 +110,7 @@ static int phase_plan(pipeline *pl, int nranks, nx_err *e)
 {
     nx_plan_opts po = { .max_shard_bytes = pl->o->max_shard_bytes,
                         .weight_only = pl->o->weight_only, .kv_fp8 = pl->kv_fp8,
-                        .nranks = nranks };
+                        .nranks = nranks, .format = pl->o->format };
     int rc = nx_plan_build(&pl->cat, &pl->cls, &po, &pl->plan, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     char total[32];
@@ -142,9 +142,9 @@ static char *options_text(const pipeline *pl)
         size_t len = strlen(excl);
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
-    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d exclude=%s",
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s",
                        o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
-                       o->weight_only, pl->kv_fp8, excl);
+                       o->weight_only, pl->kv_fp8, (int)o->format, excl);
 }
 
 /* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
@@ -184,7 +184,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
                          .calib_path = o->calib, .calib = pl->calib,
-                         .resumed = pl->resumed };
+                         .resumed = pl->resumed, .format = o->format };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)
@@ -193,7 +193,8 @@ static int phase_write(pipeline *pl, nx_err *e)
     if (pl->rank != 0)
         free(dir);
     NX_TRY(rc);
-    nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8 };
+    nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8,
+                            .format = o->format };
     rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
                        : NX_OK;
     if (rc == NX_OK && pl->rank == 0)

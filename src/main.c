@@ -36,6 +36,8 @@ static const char usage_text[] =
     "  --weight-only          W4A16_NVFP4: no input scales, calibration optional\n"
     "  --kv-cache auto|fp8|none  FP8 KV-cache scales (auto: fp8 when the calibration has\n"
     "                         k/v amax for every attention layer)\n"
+    "  --format modelopt|compressed-tensors  ModelOpt's unified layout (default) or\n"
+    "                         llm-compressor's nvfp4-pack-quantized\n"
     "  --max-shard-size SIZE  largest output shard, e.g. 10GB (default), 500MB, 4GiB\n"
     "  --threads N            quantization threads per rank (default: the rank's cores)\n"
     "  --mem-budget SIZE      memory per rank for keeping whole tensors between the amax\n"
@@ -55,7 +57,7 @@ static const char usage_text[] =
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
-       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME };
+       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -75,6 +77,7 @@ static const struct option long_opts[] = {
     { "mem-budget", required_argument, 0, OPT_MEM },
     { "owners", no_argument, 0, OPT_OWNERS },
     { "resume", no_argument, 0, OPT_RESUME },
+    { "format", required_argument, 0, OPT_FORMAT },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
@@ -111,8 +114,14 @@ static int parse_choice(int opt, const char *arg, cli *c, nx_err *e)
     static const char *const numerics[] = { "gpu", "cpu" };
     static const char *const policies[] = { "all", "mlp", "experts" };
     static const char *const kv[] = { "auto", "fp8", "none" };
+    static const char *const formats[] = { "modelopt", "compressed-tensors" };
     int v;
     switch (opt) {
+    case OPT_FORMAT:
+        NX_ERROR_IF((v = pick(arg, formats, 2)) < 0, e, NX_EINPUT,
+                    "--format: expected modelopt or compressed-tensors, got '%s'", arg);
+        c->x.format = (nx_format)v;
+        return NX_OK;
     case OPT_NUMERICS:
         NX_ERROR_IF((v = pick(arg, numerics, 2)) < 0, e, NX_EINPUT,
                     "--numerics: expected gpu or cpu, got '%s'", arg);
@@ -142,7 +151,8 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_RESUME: c->x.resume = 1; return NX_OK;
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
-    case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: return parse_choice(opt, arg, c, e);
+    case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: case OPT_FORMAT:
+        return parse_choice(opt, arg, c, e);
     case OPT_EXCLUDE:
         NX_ERROR_IF(c->x.classify.n_exclude >= MAX_EXCLUDES, e, NX_EINPUT,
                     "--exclude: at most %d patterns", MAX_EXCLUDES);

@@ -8,17 +8,28 @@
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/util.h"
 
-static const char *const k_suffix[] = {
-    [NX_OUT_COPY] = "", [NX_OUT_CODES] = ".weight", [NX_OUT_SCALES] = ".weight_scale",
-    [NX_OUT_WS2] = ".weight_scale_2", [NX_OUT_INPUT_SCALE] = ".input_scale",
-    [NX_OUT_K_SCALE] = ".k_proj.k_scale", [NX_OUT_V_SCALE] = ".v_proj.v_scale",
+/* Output names by format: ModelOpt's, and llm-compressor's (KV scales as vLLM's
+ * compressed-tensors loader expects them, on the attention module). */
+static const char *const k_suffix[2][NX_OUT_KINDS] = {
+    [NX_FORMAT_MODELOPT] = {
+        [NX_OUT_CODES] = ".weight", [NX_OUT_SCALES] = ".weight_scale",
+        [NX_OUT_WS2] = ".weight_scale_2", [NX_OUT_INPUT_SCALE] = ".input_scale",
+        [NX_OUT_K_SCALE] = ".k_proj.k_scale", [NX_OUT_V_SCALE] = ".v_proj.v_scale" },
+    [NX_FORMAT_COMPRESSED_TENSORS] = {
+        [NX_OUT_CODES] = ".weight_packed", [NX_OUT_SCALES] = ".weight_scale",
+        [NX_OUT_WS2] = ".weight_global_scale", [NX_OUT_INPUT_SCALE] = ".input_global_scale",
+        [NX_OUT_K_SCALE] = ".k_scale", [NX_OUT_V_SCALE] = ".v_scale" },
 };
 
+/* Scalars: shape [] for ModelOpt, [1] for compressed-tensors. */
+static int set_scalar(nx_out *out, nx_out_kind kind, int64_t src, const char *base,
+                      nx_format f, nx_err *e);
+
 static int set_out(nx_out *out, nx_out_kind kind, int64_t src, const char *base, nx_dtype dt,
-                   int ndim, int64_t d0, int64_t d1, nx_err *e)
+                   int ndim, int64_t d0, int64_t d1, nx_format f, nx_err *e)
 {
     memset(out, 0, sizeof *out);
-    out->name = nx_asprintf("%s%s", base, k_suffix[kind]);
+    out->name = nx_asprintf("%s%s", base, k_suffix[f][kind] ? k_suffix[f][kind] : "");
     NX_ALLOC_CHECK(out->name, e, "an output name");
     out->kind = kind;
     out->src = src;
@@ -32,21 +43,29 @@ static int set_out(nx_out *out, nx_out_kind kind, int64_t src, const char *base,
     return NX_OK;
 }
 
+static int set_scalar(nx_out *out, nx_out_kind kind, int64_t src, const char *base,
+                      nx_format f, nx_err *e)
+{
+    int ndim = f == NX_FORMAT_COMPRESSED_TENSORS ? 1 : 0;
+    return set_out(out, kind, src, base, NX_DT_F32, ndim, 1, 0, f, e);
+}
+
 static int quant_outputs(const nx_catalog *c, const nx_qmod *q, const nx_plan_opts *o,
                          nx_out *out, int32_t *n, nx_err *e)
 {
     char *mod = nx_qmod_name(c, q);
     NX_ALLOC_CHECK(mod, e, "a module name");
     int64_t t = q->tensor;
-    int rc = set_out(&out[0], NX_OUT_CODES, t, mod, NX_DT_U8, 2, q->rows, q->cols / 2, e);
+    nx_format f = o->format;
+    int rc = set_out(&out[0], NX_OUT_CODES, t, mod, NX_DT_U8, 2, q->rows, q->cols / 2, f, e);
     if (rc == NX_OK)
         rc = set_out(&out[1], NX_OUT_SCALES, t, mod, NX_DT_F8_E4M3, 2, q->rows,
-                     q->cols / NX_BLOCK, e);
+                     q->cols / NX_BLOCK, f, e);
     if (rc == NX_OK)
-        rc = set_out(&out[2], NX_OUT_WS2, t, mod, NX_DT_F32, 0, 0, 0, e);
+        rc = set_scalar(&out[2], NX_OUT_WS2, t, mod, f, e);
     *n = 3;
     if (rc == NX_OK && !o->weight_only) {
-        rc = set_out(&out[3], NX_OUT_INPUT_SCALE, t, mod, NX_DT_F32, 0, 0, 0, e);
+        rc = set_scalar(&out[3], NX_OUT_INPUT_SCALE, t, mod, f, e);
         *n = 4;
     }
     free(mod);
@@ -58,12 +77,12 @@ static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
     memset(out, 0, sizeof *out);
     out->name = nx_strdup(t->name);
     NX_ALLOC_CHECK(out->name, e, "an output name");
-    out->kind = NX_OUT_COPY;
+    out->kind = t->scale_inv >= 0 ? NX_OUT_DEQUANT : NX_OUT_COPY;
     out->src = idx;
-    out->dtype = t->dtype;
+    out->dtype = t->scale_inv >= 0 ? NX_DT_BF16 : t->dtype;
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof out->shape);
-    out->nbytes = t->nbytes;
+    out->nbytes = nx_tensor_out_bytes(t);
     return NX_OK;
 }
 
@@ -71,12 +90,16 @@ static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan
                          nx_plan *p, nx_err *e)
 {
     int64_t n_kv = o->kv_fp8 ? k->n_attn : 0;
-    p->n_work = c->n + n_kv;
-    p->work = calloc((size_t)p->n_work + 1, sizeof *p->work);
+    p->work = calloc((size_t)(c->n + n_kv) + 1, sizeof *p->work);
+    p->work_of = malloc(((size_t)c->n + 1) * sizeof *p->work_of);
     p->out = calloc((size_t)(c->n + 3 * k->n_q + 2 * n_kv) + 1, sizeof *p->out);
-    NX_ERROR_IF(!p->work || !p->out, e, NX_EIO, "out of memory planning");
+    NX_ERROR_IF(!p->work || !p->work_of || !p->out, e, NX_EIO, "out of memory planning");
     for (int64_t i = 0; i < c->n; i++) {
-        nx_work *w = &p->work[i];
+        p->work_of[i] = -1;
+        if (c->t[i].consumed)
+            continue;
+        p->work_of[i] = p->n_work;
+        nx_work *w = &p->work[p->n_work++];
         int64_t q = k->qmod_of[i];
         w->tensor = i;
         w->first = p->n_out;
@@ -92,12 +115,12 @@ static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan
             w->cost += p->out[w->first + j].nbytes;
     }
     for (int64_t a = 0; a < n_kv; a++) {
-        nx_work *w = &p->work[c->n + a];
+        nx_work *w = &p->work[p->n_work++];
         w->tensor = -1;
         w->first = p->n_out;
         w->n_out = 2;
-        NX_TRY(set_out(&p->out[p->n_out++], NX_OUT_K_SCALE, a, k->attn[a], NX_DT_F32, 0, 0, 0, e));
-        NX_TRY(set_out(&p->out[p->n_out++], NX_OUT_V_SCALE, a, k->attn[a], NX_DT_F32, 0, 0, 0, e));
+        NX_TRY(set_scalar(&p->out[p->n_out++], NX_OUT_K_SCALE, a, k->attn[a], o->format, e));
+        NX_TRY(set_scalar(&p->out[p->n_out++], NX_OUT_V_SCALE, a, k->attn[a], o->format, e));
         w->cost = 8;
     }
     return NX_OK;
@@ -241,6 +264,11 @@ int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *
     return assign_owners(c, p, o->nranks > 0 ? o->nranks : 1, e);
 }
 
+int nx_plan_owner(const nx_plan *p, int64_t tensor)
+{
+    return p->work[p->work_of[tensor]].rank;
+}
+
 void nx_plan_free(nx_plan *p)
 {
     for (int64_t i = 0; p->out && i < p->n_out; i++)
@@ -253,6 +281,7 @@ void nx_plan_free(nx_plan *p)
     }
     free(p->out);
     free(p->work);
+    free(p->work_of);
     free(p->shard_names);
     free(p->shard_headers);
     free(p->shard_bytes);

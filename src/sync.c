@@ -48,7 +48,7 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
         float v = s->w_amax[i];
         if (v == NX_ABSENT) {
             a->w_from_weight[i] = 1;
-            if (p->work[q->tensor].rank != rank)
+            if (nx_plan_owner(p, q->tensor) != rank)
                 continue;
             rc = nx_weight_absmax(src, q->tensor, &v, e);
         }

@@ -144,6 +144,25 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
+/* An FP8 block-scaled weight left unquantized is written as its BF16 dequantization. */
+static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
+{
+    const nx_tensor *t = &wr->c->t[w->tensor];
+    const nx_out *out = &wr->p->out[w->first];
+    int64_t cols = t->shape[1], per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    for (int64_t r = 0; r < t->shape[0] && !wr->pg.stop; r += per) {
+        int64_t n = t->shape[0] - r < per ? t->shape[0] - r : per;
+        NX_TRY(nx_source_read_rows_f32(wr->src, w->tensor, r, n, wr->w, wr->raw, e));
+        uint16_t *bf = wr->raw; /* the FP8 bytes are consumed: reuse raw for BF16 */
+        for (int64_t i = 0; i < n * cols; i++)
+            bf[i] = nx_f32_to_bf16(wr->w[i]);
+        NX_TRY(out_write(wr, out, (uint64_t)(r * cols) * 2, bf, (size_t)(n * cols) * 2, e));
+        wr->done += (uint64_t)(n * cols);
+        nx_progress_poll(&wr->pg, wr->done);
+    }
+    return NX_OK;
+}
+
 static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
 {
     const nx_qmod *m = &wr->k->q[q];
@@ -203,6 +222,13 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
     return NX_OK;
 }
 
+/* compressed-tensors stores the reciprocals: weight_global_scale = fl32(1 / weight_scale_2),
+ * input_global_scale = fl32(1 / input_scale). */
+static float global_scale(const writer *wr, float scale)
+{
+    return wr->o->format == NX_FORMAT_COMPRESSED_TENSORS ? 1.0f / scale : scale;
+}
+
 static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     int64_t q = wr->k->qmod_of[w->tensor];
@@ -213,9 +239,11 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
     free(blocks);
     NX_TRY(rc);
     const nx_out *out = &wr->p->out[w->first];
-    NX_TRY(write_f32(wr, &out[2], nx_weight_scale_2(wr->a->w[q], wr->o->numerics), e));
+    NX_TRY(write_f32(wr, &out[2], global_scale(wr, nx_weight_scale_2(wr->a->w[q],
+                                                                      wr->o->numerics)), e));
     if (w->n_out > 3)
-        NX_TRY(write_f32(wr, &out[3], nx_input_scale(wr->a->in[q], wr->o->numerics), e));
+        NX_TRY(write_f32(wr, &out[3], global_scale(wr, nx_input_scale(wr->a->in[q],
+                                                                      wr->o->numerics)), e));
     return NX_OK;
 }
 
@@ -232,7 +260,13 @@ static int produce(writer *wr, const nx_work *w, nx_err *e)
     memset(wr->crc, 0, sizeof wr->crc);
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
-    int rc = wr->k->qmod_of[w->tensor] >= 0 ? quantize_tensor(wr, w, e) : copy_tensor(wr, w, e);
+    int rc;
+    if (wr->k->qmod_of[w->tensor] >= 0)
+        rc = quantize_tensor(wr, w, e);
+    else if (wr->p->out[w->first].kind == NX_OUT_DEQUANT)
+        rc = dequant_tensor(wr, w, e);
+    else
+        rc = copy_tensor(wr, w, e);
     nx_source_drop(wr->src, w->tensor);
     return rc;
 }

@@ -10,6 +10,7 @@
 typedef struct nx_assemble_opts {
     int weight_only; /* W4A16_NVFP4 */
     int kv_fp8;
+    nx_format format;
 } nx_assemble_opts;
 
 /* Writes everything but the shards into dir. */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "nvfp4x/classify.h"
+#include "nvfp4x/plan.h"
 #include "nvfp4x/quantize.h"
 
 typedef enum nx_kv_mode { NX_KV_AUTO, NX_KV_FP8, NX_KV_NONE } nx_kv_mode;
@@ -16,6 +17,7 @@ typedef struct nx_export_opts {
     nx_numerics numerics;
     nx_classify_opts classify;
     int weight_only;
+    nx_format format;
     nx_kv_mode kv;
     uint64_t max_shard_bytes;
     int threads;

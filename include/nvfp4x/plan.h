@@ -9,14 +9,21 @@
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/classify.h"
 
+typedef enum nx_format {
+    NX_FORMAT_MODELOPT,          /* ModelOpt unified HF checkpoint */
+    NX_FORMAT_COMPRESSED_TENSORS /* llm-compressor nvfp4-pack-quantized */
+} nx_format;
+
 typedef enum nx_out_kind {
     NX_OUT_COPY,        /* source tensor, bit for bit */
+    NX_OUT_DEQUANT,     /* FP8 block-scaled source weight left unquantized: written as BF16 */
     NX_OUT_CODES,       /* <module>.weight: packed E2M1 */
     NX_OUT_SCALES,      /* <module>.weight_scale: E4M3 per 16 */
     NX_OUT_WS2,         /* <module>.weight_scale_2 */
     NX_OUT_INPUT_SCALE, /* <module>.input_scale */
     NX_OUT_K_SCALE,     /* <attn>.k_proj.k_scale */
-    NX_OUT_V_SCALE      /* <attn>.v_proj.v_scale */
+    NX_OUT_V_SCALE,     /* <attn>.v_proj.v_scale */
+    NX_OUT_KINDS
 } nx_out_kind;
 
 typedef struct nx_out {
@@ -45,13 +52,15 @@ typedef struct nx_plan_opts {
     int weight_only; /* no input_scale */
     int kv_fp8;      /* write k_scale / v_scale */
     int nranks;
+    nx_format format;
 } nx_plan_opts;
 
 typedef struct nx_plan {
     int64_t n_out;
     nx_out *out;              /* grouped by work item */
     int64_t n_work;
-    nx_work *work;            /* catalog order, then KV scales */
+    nx_work *work;            /* catalog order (weight_scale_inv tensors have none), then KV */
+    int64_t *work_of;         /* per catalog tensor: its work item, or -1 */
     int32_t n_shards;
     char **shard_names;
     uint64_t *shard_bytes;    /* file sizes */
@@ -66,5 +75,7 @@ typedef struct nx_plan {
 int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o, nx_plan *p,
                   nx_err *e);
 void nx_plan_free(nx_plan *p);
+/* The rank that reads a catalog tensor. */
+int nx_plan_owner(const nx_plan *p, int64_t tensor);
 
 #endif

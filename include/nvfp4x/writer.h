@@ -20,6 +20,7 @@ typedef struct nx_write_opts {
     const char *calib_path; /* for static per-block amax */
     nx_calib *calib;        /* the collectively opened file, or NULL: open rank-locally */
     int resumed;            /* reuse journaled items whose outputs check out */
+    nx_format format;
 } nx_write_opts;
 
 /* Rank 0: creates each shard in dir at its final size with its header written; with

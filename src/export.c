@@ -263,11 +263,13 @@ static void print_plan(const pipeline *pl, FILE *out)
         fprintf(out, "  %s\n", pl->cls.patterns[i]);
     fprintf(out, "KV cache scales: %s\n", pl->kv_fp8 ? "FP8" : "none");
     fprintf(out, "output: %lld tensors in %d shards\n", (long long)p->n_out, p->n_shards);
-    for (int32_t s = 0; s < p->n_shards && (s < 8 || s == p->n_shards - 1); s++) {
+    for (int32_t s = 0; s < p->n_shards; s++) {
+        if (s >= 8 && s < p->n_shards - 1) /* first eight and the last */
+            continue;
+        if (s == p->n_shards - 1 && s > 8)
+            fprintf(out, "  ...\n");
         nx_format_bytes(p->shard_bytes[s], b, sizeof b);
         fprintf(out, "  %s  %s\n", p->shard_names[s], b);
-        if (s == 7 && p->n_shards > 9)
-            fprintf(out, "  ...\n");
     }
     uint64_t peak = 0, most = 0, least = UINT64_MAX;
     for (int r = 0; r < p->nranks; r++) {
@@ -276,11 +278,13 @@ static void print_plan(const pipeline *pl, FILE *out)
         least = p->rank_cost[r] < least ? p->rank_cost[r] : least;
     }
     fprintf(out, "ranks: %d\n", p->nranks);
-    for (int r = 0; r < p->nranks && (r < 16 || r == p->nranks - 1); r++) {
+    for (int r = 0; r < p->nranks; r++) {
+        if (r >= 16 && r < p->nranks - 1) /* first sixteen and the last */
+            continue;
+        if (r == p->nranks - 1 && r > 16)
+            fprintf(out, "  ...\n");
         nx_format_bytes(p->rank_cost[r], b, sizeof b);
         fprintf(out, "  rank %d: %s read+written\n", r, b);
-        if (r == 15 && p->nranks > 17)
-            fprintf(out, "  ...\n");
     }
     char lo[32], hi[32], pk[32];
     nx_format_bytes(least, lo, sizeof lo);

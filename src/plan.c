@@ -230,24 +230,29 @@ static int build_shards(nx_plan *p, uint64_t max_bytes, nx_err *e)
     return rc;
 }
 
-/* Contiguous ranges of the work order, balanced by bytes: an item goes to the rank whose
- * share of the total cost contains the item's midpoint. */
+/* Contiguous ranges of the work order, balanced by bytes: each rank takes items until it has
+ * its share of what is left, so a tensor larger than the average share (an embedding) does not
+ * leave the next rank empty. */
 static int assign_owners(const nx_catalog *c, nx_plan *p, int nranks, nx_err *e)
 {
     p->nranks = nranks;
     p->rank_cost = calloc((size_t)nranks, sizeof *p->rank_cost);
     p->rank_peak = calloc((size_t)nranks, sizeof *p->rank_peak);
     NX_ERROR_IF(!p->rank_cost || !p->rank_peak, e, NX_EIO, "out of memory");
-    long double total = 0, before = 0;
+    uint64_t left = 0;
     for (int64_t i = 0; i < p->n_work; i++)
-        total += p->work[i].cost;
+        left += p->work[i].cost;
+    int r = 0;
     for (int64_t i = 0; i < p->n_work; i++) {
         nx_work *w = &p->work[i];
-        long double mid = before + w->cost / 2.0L;
-        int r = total > 0 ? (int)(mid * nranks / total) : 0;
-        w->rank = r < nranks ? r : nranks - 1;
-        before += w->cost;
-        p->rank_cost[w->rank] += w->cost;
+        w->rank = r;
+        p->rank_cost[r] += w->cost;
+        uint64_t share = left / (uint64_t)(nranks - r);
+        int more_ranks_than_items = p->n_work - i - 1 <= nranks - r - 1;
+        if (r < nranks - 1 && (p->rank_cost[r] >= share || more_ranks_than_items)) {
+            left -= p->rank_cost[r];
+            r++;
+        }
         uint64_t sz = w->tensor >= 0 ? c->t[w->tensor].nbytes : 0;
         if (sz > p->rank_peak[w->rank])
             p->rank_peak[w->rank] = sz;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Scale: `plan` on a checkpoint with exactly the shape of Kimi-K2 (61 layers, 384 experts,
+# ~70k tensors, 2.05 TB of BF16 in 64 shards whose data sections are holes) for 1024 ranks
+# succeeds, counts what the shape implies, and stays under 1 GB of memory. The time is printed,
+# not asserted.
+source "$(dirname "$0")/lib.sh"
+W=$(work_dir scale)
+K=$W/kimi
+trap 'rm -rf "$K"' EXIT
+
+# The shape (tests/gen_kimi_sparse.py): L layers, the first D dense, E routed experts.
+L=61 D=1 E=384
+MOE=$((L - D))
+TENSORS=$((3 + D * 12 + MOE * (9 + 2 + 3 * E + 3)))
+# Default policy: the 5 MLA linears of every layer, the dense MLPs, every routed and shared
+# expert projection; never routers, embeddings or lm_head.
+QUANT=$((L * 5 + D * 3 + MOE * (3 * E + 3)))
+# Fused groups: q_a_proj+kv_a_proj_with_mqa, q_b_proj, kv_b_proj, o_proj; gate+up, down.
+NGROUPS=$((L * 4 + D * 2 + MOE * (2 * E + 2)))
+SLOTS=$((MOE * 2))           # (MoE layer, gate/up | down) input-amax slots
+EXCLUDED=$((2 + MOE))        # embed_tokens, lm_head, one router per MoE layer
+OUT_TENSORS=$((4 * QUANT + TENSORS - QUANT))   # no calibration: no KV scales
+
+check "generate Kimi-K2-shaped sparse checkpoint" \
+    "$NX_PYTHON" "$NX_TESTS/gen_kimi_sparse.py" --out "$K"
+small_on_disk() {
+    local kb apparent
+    kb=$(du -sk "$K" | cut -f1)
+    apparent=$(du -sk --apparent-size "$K" | cut -f1)
+    echo "sparse checkpoint: $((apparent / 1024 / 1024)) GiB apparent, $((kb / 1024)) MiB on disk"
+    [ "$kb" -lt 102400 ] && [ "$apparent" -gt 1900000000 ]
+}
+check "sparse checkpoint: ~2 TB apparent, < 100 MB on disk" small_on_disk
+
+rc=0
+/usr/bin/time -f '%e %M' -o "$W/time.txt" \
+    "$NX_BIN" plan --model "$K" --ranks 1024 >"$W/plan.txt" 2>"$W/plan.err" </dev/null || rc=$?
+read -r secs rss_kb < <(tail -n 1 "$W/time.txt" 2>/dev/null) || true
+echo "plan on the Kimi-K2 shape, 1024 ranks: ${secs} s, peak RSS $((rss_kb / 1024)) MiB (exit $rc)"
+[ "$rc" -eq 0 ] || cat "$W/plan.err"
+
+has() { grep -qxF -- "$1" "$W/plan.txt" || { echo "missing line: $1"; return 1; }; }
+check "plan exit status 0" test "$rc" -eq 0
+check "plan names the model and its tensors" \
+    has "model: $K (kimi_k2), $TENSORS tensors, 64 files"
+check "plan: $QUANT quantized linears, $NGROUPS groups, $SLOTS expert slots" \
+    has "quantized linears: $QUANT in $NGROUPS fused groups; MoE expert slots: $SLOTS"
+check "plan: $EXCLUDED excluded modules" has "excluded modules: $EXCLUDED, exclude_modules:"
+check "plan: lm_head and embeddings excluded; no MTP pattern" bash -c '
+    grep -qx "  lm_head" "$1" && grep -qx "  model.embed_tokens" "$1" &&
+    ! grep -q "^  model\.layers\.61" "$1"' _ "$W/plan.txt"
+check "plan: $OUT_TENSORS output tensors" \
+    grep -q "^output: $OUT_TENSORS tensors in [0-9]* shards$" "$W/plan.txt"
+check "plan: 1024 ranks" has "ranks: 1024"
+check "plan: per-rank balance and memory" bash -c '
+    grep -q "^  rank 0: " "$1" && grep -q "^balance: .* per rank; largest tensor on a rank: " "$1" &&
+    grep -q "^predicted peak memory per rank: " "$1"' _ "$W/plan.txt"
+check "plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
+
+rm -rf "$K"
+check "sparse checkpoint deleted" test ! -e "$K"
+finish

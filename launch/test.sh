@@ -17,3 +17,6 @@ ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j 2
 echo "== serial HDF5 build"
 nx_build build-serial -DHDF5_PREFER_PARALLEL=OFF
 ctest --test-dir build-serial --output-on-failure -j 2
+
+echo "== libFuzzer harnesses (bounded time)"
+bash "$NX_ROOT/launch/fuzz.sh" "${NX_FUZZ_SECONDS:-60}"

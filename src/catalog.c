@@ -42,14 +42,22 @@ void nx_catalog_free(nx_catalog *c)
     memset(c, 0, sizeof *c);
 }
 
+/* A count from config.json: a non-negative integer below 2^53, else -1 (missing). */
 static int64_t json_int(const cJSON *obj, const char *const *keys)
 {
     for (; *keys; keys++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, *keys);
-        if (cJSON_IsNumber(v))
+        if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 9007199254740992.0 &&
+            v->valuedouble == (double)(int64_t)v->valuedouble)
             return (int64_t)v->valuedouble;
     }
     return -1;
+}
+
+/* The whole text must be one JSON value (cJSON_Parse would ignore trailing junk). */
+static cJSON *parse_json(const char *text)
+{
+    return cJSON_ParseWithOpts(text, NULL, 1);
 }
 
 /* DeepSeek-V3/Kimi-K2 FP8 releases: quant_method "fp8" with weight_block_size [128, 128]. */
@@ -73,7 +81,7 @@ static int read_config(nx_catalog *c, nx_err *e)
     char *path = nx_path_join(c->dir, "config.json");
     NX_ALLOC_CHECK(path, e, "a path");
     int rc = nx_file_read_all(path, &c->config_text, NULL, e);
-    cJSON *cfg = rc ? NULL : cJSON_Parse(c->config_text);
+    cJSON *cfg = rc ? NULL : parse_json(c->config_text);
     if (rc == NX_OK && !cJSON_IsObject(cfg))
         rc = nx_err_set(e, NX_EINPUT, "%s: not a JSON object", path);
     if (rc == NX_OK) {
@@ -120,7 +128,7 @@ static int read_index(nx_catalog *c, const char *path, nx_strmap *expect, nx_err
 {
     char *text = NULL;
     NX_TRY(nx_file_read_all(path, &text, NULL, e));
-    cJSON *doc = cJSON_Parse(text);
+    cJSON *doc = parse_json(text);
     free(text);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(doc, "weight_map");
     int rc = cJSON_IsObject(wm) ? NX_OK
@@ -205,6 +213,7 @@ static int cmp_tensor(const void *a, const void *b)
 static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *index_path,
                          nx_err *e)
 {
+    NX_ERROR_IF(c->n == 0, e, NX_EINPUT, "%s: the model has no tensors", c->dir);
     qsort(c->t, (size_t)c->n, sizeof *c->t, cmp_tensor);
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++) {

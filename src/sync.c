@@ -11,12 +11,70 @@
 
 #define ROW_BLOCK_ELEMS (4 << 20)
 
+/* max |x| on the bit patterns: with the sign cleared, the integer order of IEEE values is
+ * their order, and NaN and Inf sort above every finite value. Vectorizes without fast-math. */
+static uint32_t absmax_bits16(const uint16_t *h, int64_t n)
+{
+    uint16_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t a = h[i] & 0x7FFF;
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+static uint32_t absmax_bits32(const uint32_t *u, int64_t n)
+{
+    uint32_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t a = u[i] & 0x7FFFFFFFu;
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+/* max |w| of n source values (BF16/F16/F32); NaN when any value is NaN or Inf. */
+static float absmax_src(const void *raw, nx_dtype dt, int64_t n)
+{
+    uint32_t bits;
+    float v;
+    if (dt == NX_DT_F32) {
+        bits = absmax_bits32(raw, n);
+        return bits >= 0x7F800000u ? NAN : nx_f32_from_bits(bits);
+    }
+    bits = absmax_bits16(raw, n);
+    uint16_t h = (uint16_t)bits;
+    nx_widen_f32(&h, dt, 1, &v);
+    return isfinite(v) ? v : NAN;
+}
+
+/* Rows [r, r+n) of the weight: their max |w|. FP8 sources are dequantized first. */
+static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, float *w,
+                       void *raw, float *m, nx_err *e)
+{
+    const nx_tensor *t = &src->c->t[tensor];
+    int64_t elems = n * t->shape[1];
+    if (t->scale_inv >= 0) {
+        NX_TRY(nx_source_read_rows_f32(src, tensor, r, n, w, raw, e));
+        *m = absmax_src(w, NX_DT_F32, elems);
+        return NX_OK;
+    }
+    size_t row_bytes = (size_t)t->shape[1] * nx_dtype_size(t->dtype);
+    NX_TRY(nx_source_read(src, tensor, (uint64_t)r * row_bytes, raw, (size_t)n * row_bytes, e));
+    NX_ERROR_IF(t->dtype != NX_DT_BF16 && t->dtype != NX_DT_F16 && t->dtype != NX_DT_F32, e,
+                NX_EINPUT, "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, "
+                "F32 or FP8 block-scaled", nx_source_path(src, tensor), t->name,
+                nx_dtype_name(t->dtype));
+    *m = absmax_src(raw, t->dtype, elems);
+    return NX_OK;
+}
+
 int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
     int64_t cols = t->shape[1], rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
     float *w = malloc((size_t)(rows_per * cols) * sizeof *w);
-    void *raw = malloc((size_t)(rows_per * cols) * nx_dtype_size(t->dtype));
+    void *raw = malloc((size_t)(rows_per * cols) * sizeof(float));
     int rc = w && raw ? NX_OK : nx_err_set(e, NX_EIO, "out of memory reading %s", t->name);
     float m = 0.0f;
     int kept;
@@ -24,8 +82,8 @@ int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
         rc = nx_source_keep(src, tensor, &kept, e);
     for (int64_t r = 0; r < t->shape[0] && rc == NX_OK; r += rows_per) {
         int64_t n = t->shape[0] - r < rows_per ? t->shape[0] - r : rows_per;
-        rc = nx_source_read_rows_f32(src, tensor, r, n, w, raw, e);
-        float bm = rc ? 0.0f : nx_absmax_f32(w, n * cols);
+        float bm = 0.0f;
+        rc = rows_absmax(src, tensor, r, n, w, raw, &bm, e);
         if (rc == NX_OK && !isfinite(bm))
             rc = nx_err_set(e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
                             nx_source_path(src, tensor), t->name, (long long)r,

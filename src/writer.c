@@ -94,7 +94,7 @@ static int out_write(writer *wr, const nx_out *out, uint64_t off, const void *bu
                      nx_err *e)
 {
     char path[4096];
-    int fd;
+    int fd = -1;
     NX_TRY(shard_fd(wr, out->shard, &fd, path, sizeof path, e));
     NX_ERROR_IF(off + len > out->nbytes, e, NX_EIO, "internal: write past %s", out->name);
     int64_t j = out - &wr->p->out[wr->item->first];
@@ -110,7 +110,7 @@ static int outputs_match(writer *wr, const nx_work *w, const uint32_t *crc, int 
     *match = 1;
     for (int32_t j = 0; j < w->n_out && *match; j++) {
         const nx_out *out = &wr->p->out[w->first + j];
-        int fd;
+        int fd = -1;
         uint32_t got = 0;
         NX_TRY(shard_fd(wr, out->shard, &fd, path, sizeof path, e));
         for (uint64_t off = 0; off < out->nbytes; off += COPY_CHUNK) {

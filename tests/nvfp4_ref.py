@@ -6,8 +6,13 @@
   nvfp4_ref.py compare --model SRC --output DST [--calib F] [--numerics gpu|cpu]
                        [--quantize all|mlp|experts] [--exclude GLOB ...]
                        [--weight-only] [--kv-cache auto|fp8|none]
+                       [--format modelopt|compressed-tensors]
       Compute every tensor an export of SRC (+ calibration) must contain and check that DST
       holds exactly those tensors, byte for byte, and the same exclude_modules list.
+      --format compressed-tensors: llm-compressor's nvfp4-pack-quantized naming and values
+      (weight_packed, weight_scale, weight_global_scale = 1/weight_scale_2, input_global_scale
+      = 1/input_scale, <attn>.k_scale / v_scale), its quantization_config (exact ignore
+      list) and no hf_quant_config.json.
 
 Written from DESIGN.md / NUMERICS.md only (a cross-check of the C exporter). All arithmetic
 is float32: numpy float32 arrays and scalars, each operation rounded once (RNE).
@@ -651,6 +656,112 @@ def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", e
 
 
 # --------------------------------------------------------------------------------------
+# compressed-tensors (llm-compressor nvfp4-pack-quantized)
+# --------------------------------------------------------------------------------------
+
+def _reciprocal(t, name):
+    """F32 [] scale -> F32 [1] holding fl32(1 / scale)."""
+    if t.dtype != "F32" or t.shape != []:
+        raise RefError("%s: expected F32 [], got %s %s" % (name, t.dtype, t.shape))
+    x = np.frombuffer(t.data, "<f4")[0]
+    with np.errstate(divide="ignore", over="ignore"):
+        r = np.asarray(F32(1.0) / F32(x), dtype="<f4").reshape(1)
+    return Tensor("F32", [1], r.tobytes())
+
+
+def compressed_tensors_view(expected, plan):
+    """The tensors of a compressed-tensors export, from those of the ModelOpt-layout one:
+    per quantized module P, P.weight -> P.weight_packed (same bytes), P.weight_scale (same),
+    P.weight_scale_2 -> P.weight_global_scale = fl32(1 / ws2), P.input_scale ->
+    P.input_global_scale = fl32(1 / input_scale), scalars F32 [1]; the KV scales go on the
+    attention module: <attn>.k_scale / <attn>.v_scale, F32 [1], same value."""
+    out = dict(expected)
+    for m in sorted(plan.quantized):
+        out[m + ".weight_packed"] = out.pop(m + ".weight")
+        out[m + ".weight_global_scale"] = _reciprocal(out.pop(m + ".weight_scale_2"),
+                                                      m + ".weight_scale_2")
+        if m + ".input_scale" in out:
+            out[m + ".input_global_scale"] = _reciprocal(out.pop(m + ".input_scale"),
+                                                         m + ".input_scale")
+    for a in plan.attentions:
+        for proj, scale in (("k_proj", "k_scale"), ("v_proj", "v_scale")):
+            name = "%s.%s.%s" % (a, proj, scale)
+            if name in out:
+                t = out.pop(name)
+                out["%s.%s" % (a, scale)] = Tensor("F32", [1], t.data)
+    return out
+
+
+CT_WEIGHTS = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+              "symmetric": True, "dynamic": False}
+CT_INPUTS = dict(CT_WEIGHTS, dynamic="local")
+CT_KV = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+         "symmetric": True}
+
+
+def _fields(problems, where, got, want):
+    """Every key of want present in got with the same value (and the same JSON type)."""
+    if not isinstance(got, dict):
+        problems.append("config.json: %s is %s, expected an object" % (where, json.dumps(got)))
+        return
+    for key, value in want.items():
+        if key not in got:
+            problems.append("config.json: %s.%s missing" % (where, key))
+        elif json.dumps(got[key]) != json.dumps(value):
+            problems.append("config.json: %s.%s is %s, expected %s"
+                            % (where, key, json.dumps(got[key]), json.dumps(value)))
+
+
+def check_compressed_tensors_config(qc, plan, weight_only, kv, problems):
+    """quantization_config of llm-compressor's nvfp4-pack-quantized format."""
+    if not isinstance(qc, dict):
+        problems.append("config.json: no quantization_config")
+        return
+    _fields(problems, "quantization_config", qc,
+            {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
+             "quantization_status": "compressed"})
+    groups = qc.get("config_groups")
+    if not isinstance(groups, dict) or list(groups) != ["group_0"]:
+        problems.append("config.json: quantization_config.config_groups is %s, expected one "
+                        "group_0" % json.dumps(groups))
+    else:
+        g0 = groups["group_0"]
+        where = "quantization_config.config_groups.group_0"
+        _fields(problems, where, g0, {"targets": ["Linear"]})
+        if isinstance(g0, dict):
+            _fields(problems, where + ".weights", g0.get("weights"), CT_WEIGHTS)
+            if weight_only:
+                if g0.get("input_activations") is not None:
+                    problems.append("config.json: %s.input_activations is %s in a weight-only "
+                                    "export, expected null" % (where,
+                                                             json.dumps(g0["input_activations"])))
+            else:
+                _fields(problems, where + ".input_activations", g0.get("input_activations"),
+                        CT_INPUTS)
+    want_ignore = sorted(plan.excluded)
+    got_ignore = qc.get("ignore")
+    if not isinstance(got_ignore, list):
+        problems.append("config.json: quantization_config.ignore is %s, expected a list"
+                        % json.dumps(got_ignore))
+    elif got_ignore != want_ignore:
+        missing = sorted(set(want_ignore) - set(got_ignore))
+        extra = sorted(set(got_ignore) - set(want_ignore))
+        if missing or extra:
+            problems.append("config.json: quantization_config.ignore lacks %s, has extra %s"
+                            % (json.dumps(missing[:5]), json.dumps(extra[:5])))
+        else:
+            problems.append("config.json: quantization_config.ignore holds the right %d module "
+                            "names but not sorted (first out of place: %s)"
+                            % (len(want_ignore), next(g for g, w in zip(got_ignore, want_ignore)
+                                                      if g != w)))
+    if kv:
+        _fields(problems, "quantization_config.kv_cache_scheme", qc.get("kv_cache_scheme"), CT_KV)
+    elif qc.get("kv_cache_scheme") is not None:
+        problems.append("config.json: quantization_config.kv_cache_scheme is %s without KV "
+                        "scales, expected null" % json.dumps(qc["kv_cache_scheme"]))
+
+
+# --------------------------------------------------------------------------------------
 # compare
 # --------------------------------------------------------------------------------------
 
@@ -669,6 +780,9 @@ def compare(args):
     expected, plan, hf_quant = reference_export(
         args.model, args.calib, args.numerics, args.quantize, args.exclude or (),
         args.weight_only, args.kv_cache)
+    compressed = args.format == "compressed-tensors"
+    if compressed:
+        expected = compressed_tensors_view(expected, plan)
     problems = []
     try:
         actual = load_checkpoint(args.output)
@@ -688,17 +802,11 @@ def compare(args):
             problems.append("%s: %s" % (name, _describe_diff(want, got)))
 
     want_q = hf_quant["quantization"]
-    try:
-        with open(os.path.join(args.output, "hf_quant_config.json")) as f:
-            got_q = json.load(f)["quantization"]
-        for key in ("quant_algo", "kv_cache_quant_algo", "group_size", "exclude_modules"):
-            if key not in got_q:
-                problems.append("hf_quant_config.json: quantization.%s missing" % key)
-            elif got_q[key] != want_q[key]:
-                problems.append("hf_quant_config.json: quantization.%s is %s, expected %s"
-                                % (key, json.dumps(got_q[key]), json.dumps(want_q[key])))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        problems.append("hf_quant_config.json: %s" % exc)
+    if compressed:
+        if os.path.exists(os.path.join(args.output, "hf_quant_config.json")):
+            problems.append("hf_quant_config.json: present in a compressed-tensors export")
+    else:
+        _check_hf_quant_config(args.output, want_q, problems)
 
     try:
         with open(os.path.join(args.output, "config.json")) as f:
@@ -707,7 +815,10 @@ def compare(args):
             if key != "quantization_config" and got_cfg.get(key) != value:
                 problems.append("config.json: %s changed" % key)
         qc = got_cfg.get("quantization_config")
-        if not isinstance(qc, dict):
+        if compressed:
+            check_compressed_tensors_config(qc, plan, args.weight_only,
+                                            want_q["kv_cache_quant_algo"] is not None, problems)
+        elif not isinstance(qc, dict):
             problems.append("config.json: no quantization_config")
         else:
             if qc.get("quant_algo") != want_q["quant_algo"]:
@@ -718,7 +829,34 @@ def compare(args):
                                 "reference exclude list")
     except (OSError, ValueError) as exc:
         problems.append("config.json: %s" % exc)
+    _check_other_files(args, problems)
 
+    if problems:
+        for p in problems[:20]:
+            print("compare: MISMATCH %s" % p)
+        if len(problems) > 20:
+            print("compare: ... %d more mismatches" % (len(problems) - 20))
+        return 1
+    print("compare: %d tensors equal, %d quantized modules%s"
+          % (len(expected), len(plan.quantized), " (compressed-tensors)" if compressed else ""))
+    return 0
+
+
+def _check_hf_quant_config(output, want_q, problems):
+    try:
+        with open(os.path.join(output, "hf_quant_config.json")) as f:
+            got_q = json.load(f)["quantization"]
+        for key in ("quant_algo", "kv_cache_quant_algo", "group_size", "exclude_modules"):
+            if key not in got_q:
+                problems.append("hf_quant_config.json: quantization.%s missing" % key)
+            elif got_q[key] != want_q[key]:
+                problems.append("hf_quant_config.json: quantization.%s is %s, expected %s"
+                                % (key, json.dumps(got_q[key]), json.dumps(want_q[key])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problems.append("hf_quant_config.json: %s" % exc)
+
+
+def _check_other_files(args, problems):
     for entry in sorted(os.listdir(args.model)):
         src = os.path.join(args.model, entry)
         if (entry in NON_WEIGHT_SKIP or entry.endswith(".safetensors") or entry.startswith(".")
@@ -731,15 +869,6 @@ def compare(args):
             with open(src, "rb") as a, open(dst, "rb") as b:
                 if a.read() != b.read():
                     problems.append("%s: differs from the source" % entry)
-
-    if problems:
-        for p in problems[:20]:
-            print("compare: MISMATCH %s" % p)
-        if len(problems) > 20:
-            print("compare: ... %d more mismatches" % (len(problems) - 20))
-        return 1
-    print("compare: %d tensors equal, %d quantized modules" % (len(expected), len(plan.quantized)))
-    return 0
 
 
 def main(argv=None):
@@ -758,6 +887,8 @@ def main(argv=None):
                    help="exclude modules matching GLOB (fnmatch, repeatable)")
     c.add_argument("--weight-only", action="store_true", help="W4A16_NVFP4: no input_scale")
     c.add_argument("--kv-cache", choices=("auto", "fp8", "none"), default="auto")
+    c.add_argument("--format", choices=("modelopt", "compressed-tensors"), default="modelopt",
+                   help="output layout to expect (default modelopt)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "vectors":

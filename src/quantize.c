@@ -3,6 +3,7 @@
 #include "nvfp4x/quantize.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nvfp4x/util.h"
@@ -186,4 +187,77 @@ int nx_widen_f32(const void *src, nx_dtype dt, int64_t n, float *dst)
     default:
         return -1;
     }
+}
+
+int nx_nvfp4_quantize_rows_src_ref(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
+                                   float amax, const float *block_amax, nx_numerics m,
+                                   uint8_t *codes, uint8_t *scales)
+{
+    if (dt != NX_DT_BF16 && dt != NX_DT_F16 && dt != NX_DT_F32)
+        return -1;
+    size_t block_bytes = NX_BLOCK * nx_dtype_size(dt);
+    int64_t nblocks = rows * (cols / NX_BLOCK);
+    int finite = 1;
+    for (int64_t b = 0; b < nblocks; b++) {
+        float w[NX_BLOCK];
+        nx_widen_f32((const uint8_t *)src + (size_t)b * block_bytes, dt, NX_BLOCK, w);
+        finite &= isfinite(nx_absmax_f32(w, NX_BLOCK)) != 0;
+        nx_nvfp4_quantize_rows_ref(w, 1, NX_BLOCK, amax, block_amax ? block_amax + b : NULL, m,
+                                   codes + b * (NX_BLOCK / 2), scales + b);
+    }
+    return finite ? 0 : -1;
+}
+
+/* Run-time dispatch. __builtin_cpu_supports also checks that the OS saves the vector state;
+ * its CPU data is filled by a constructor, before any of our code runs. */
+static int kernel_supported(nx_kernel k)
+{
+#if defined(__x86_64__)
+    if (k == NX_KERNEL_AVX2)
+        return __builtin_cpu_supports("avx2");
+    if (k == NX_KERNEL_AVX512)
+        return __builtin_cpu_supports("avx512f");
+#endif
+    return k == NX_KERNEL_REF;
+}
+
+nx_quantize_fn nx_kernel_fn(nx_kernel k)
+{
+    static const nx_quantize_fn fns[NX_KERNEL_COUNT] = {
+        nx_nvfp4_quantize_rows_src_ref, nx_nvfp4_quantize_rows_avx2,
+        nx_nvfp4_quantize_rows_avx512,
+    };
+    return (unsigned)k < NX_KERNEL_COUNT && kernel_supported(k) ? fns[k] : NULL;
+}
+
+const char *nx_kernel_name(nx_kernel k)
+{
+    static const char *const names[NX_KERNEL_COUNT] = { "ref", "avx2", "avx512" };
+    return (unsigned)k < NX_KERNEL_COUNT ? names[k] : "?";
+}
+
+nx_kernel nx_kernel_best(void)
+{
+    for (int k = NX_KERNEL_COUNT - 1; k > NX_KERNEL_REF; k--)
+        if (kernel_supported((nx_kernel)k))
+            return (nx_kernel)k;
+    return NX_KERNEL_REF;
+}
+
+int nx_kernel_select(nx_kernel *k, nx_err *e)
+{
+    const char *want = getenv("NX_KERNEL");
+    *k = nx_kernel_best();
+    if (want == NULL || *want == '\0')
+        return NX_OK;
+    for (int i = 0; i < NX_KERNEL_COUNT; i++) {
+        if (strcmp(want, nx_kernel_name((nx_kernel)i)) != 0)
+            continue;
+        NX_ERROR_IF(!kernel_supported((nx_kernel)i), e, NX_EINPUT,
+                    "NX_KERNEL=%s: this CPU does not support it (best here: %s)", want,
+                    nx_kernel_name(*k));
+        *k = (nx_kernel)i;
+        return NX_OK;
+    }
+    return nx_err_set(e, NX_EINPUT, "NX_KERNEL=%s: unknown kernel (ref, avx2 or avx512)", want);
 }

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "nvfp4x/error.h"
 #include "nvfp4x/safetensors.h"
 
 typedef enum nx_numerics {
@@ -44,6 +45,42 @@ static inline float nx_kv_scale(float kv_amax, nx_numerics m)
 void nx_nvfp4_quantize_rows_ref(const float *w, int64_t rows, int64_t cols, float amax,
                                 const float *block_amax, nx_numerics m, uint8_t *codes,
                                 uint8_t *scales);
+
+/* Quantizes rows x cols weights given in their source dtype (BF16, F16 or F32), cols % 16 == 0.
+ * Same outputs as nx_nvfp4_quantize_rows_ref on the widened values. Returns 0, or -1 when the
+ * rows contain NaN or Inf (outputs are then unspecified) or dt is another dtype. */
+typedef int (*nx_quantize_fn)(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
+                              float amax, const float *block_amax, nx_numerics m,
+                              uint8_t *codes, uint8_t *scales);
+
+/* The reference of that contract: widen each block, then nx_nvfp4_quantize_rows_ref. */
+int nx_nvfp4_quantize_rows_src_ref(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
+                                   float amax, const float *block_amax, nx_numerics m,
+                                   uint8_t *codes, uint8_t *scales);
+/* SIMD variants (src/kernel_avx2.c, src/kernel_avx512.c); call them only through
+ * nx_kernel_fn, which knows whether this CPU runs them. */
+int nx_nvfp4_quantize_rows_avx2(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
+                                float amax, const float *block_amax, nx_numerics m,
+                                uint8_t *codes, uint8_t *scales);
+int nx_nvfp4_quantize_rows_avx512(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
+                                  float amax, const float *block_amax, nx_numerics m,
+                                  uint8_t *codes, uint8_t *scales);
+
+typedef enum nx_kernel {
+    NX_KERNEL_REF,
+    NX_KERNEL_AVX2,
+    NX_KERNEL_AVX512,
+    NX_KERNEL_COUNT
+} nx_kernel;
+
+/* The fastest variant this CPU runs. */
+nx_kernel nx_kernel_best(void);
+/* nx_kernel_best(), unless the environment variable NX_KERNEL=ref|avx2|avx512 names one:
+ * an unknown name, or a variant this CPU lacks, is an NX_EINPUT error. */
+int nx_kernel_select(nx_kernel *k, nx_err *e);
+/* The variant's function, NULL if this CPU (or this build's architecture) lacks it. */
+nx_quantize_fn nx_kernel_fn(nx_kernel k);
+const char *nx_kernel_name(nx_kernel k); /* "ref", "avx2", "avx512" */
 
 /* Exact widening of n BF16, F16 or F32 values to float32 (other dtypes: returns -1). */
 int nx_widen_f32(const void *src, nx_dtype dt, int64_t n, float *dst);

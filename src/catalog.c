@@ -484,12 +484,12 @@ int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e)
     *kept = s->kept[tensor] != NULL;
     if (*kept || s->held + n > s->budget)
         return NX_OK;
-    void *buf = malloc(n ? n : 1);
+    void *buf = nx_big_alloc(n);
     if (buf == NULL)
         return NX_OK; /* not kept: it will be read again */
     int rc = nx_source_read(s, tensor, 0, buf, n, e);
     if (rc) {
-        free(buf);
+        nx_big_free(buf, n);
         return rc;
     }
     s->kept[tensor] = buf;
@@ -502,7 +502,7 @@ void nx_source_drop(nx_source *s, int64_t tensor)
 {
     if (s->kept == NULL || s->kept[tensor] == NULL)
         return;
-    free(s->kept[tensor]);
+    nx_big_free(s->kept[tensor], s->c->t[tensor].nbytes);
     s->kept[tensor] = NULL;
     s->held -= s->c->t[tensor].nbytes;
 }

@@ -30,6 +30,7 @@ typedef struct pipeline {
     int kv_fp8;
     char *staging;   /* rank 0, once the staging directory is ours */
     int resumed;
+    double t0;       /* start, for the elapsed time in messages */
 } pipeline;
 
 static void say(const pipeline *pl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -39,7 +40,7 @@ static void say(const pipeline *pl, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    fputs("nvfp4x: ", stderr);
+    fprintf(stderr, "nvfp4x: [%6.2fs] ", MPI_Wtime() - pl->t0);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -193,6 +194,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     if (pl->rank != 0)
         free(dir);
     NX_TRY(rc);
+    say(pl, "shards written and synced");
     nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8,
                             .format = o->format };
     rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
@@ -232,7 +234,7 @@ static void keep_or_remove_staging(const pipeline *pl, nx_err *e)
 
 int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e)
 {
-    pipeline pl = { .o = o, .comm = comm };
+    pipeline pl = { .o = o, .comm = comm, .t0 = MPI_Wtime() };
     MPI_Comm_rank(comm, &pl.rank);
     MPI_Comm_size(comm, &pl.size);
     int rc = phase_catalog(&pl, e);
@@ -316,7 +318,7 @@ static void print_owners(const pipeline *pl, FILE *out)
 
 int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
 {
-    pipeline pl = { .o = o, .comm = comm };
+    pipeline pl = { .o = o, .comm = comm, .t0 = MPI_Wtime() };
     MPI_Comm_rank(comm, &pl.rank);
     MPI_Comm_size(comm, &pl.size);
     int rc = phase_catalog(&pl, e);

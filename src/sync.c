@@ -69,29 +69,32 @@ static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, flo
     return NX_OK;
 }
 
-int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
+/* Row-block scratch for the amax pass, allocated once: fresh large allocations cost a page
+ * fault per page. */
+typedef struct scratch {
+    float *w;
+    void *raw;
+} scratch;
+
+/* max |W| of a 2-D source weight, streamed in row blocks (kept in memory for phase 6 when it
+ * fits the budget); NaN or Inf is an error naming it. */
+static int weight_absmax(nx_source *src, int64_t tensor, scratch *sc, float *amax, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
     int64_t cols = t->shape[1], rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
-    float *w = malloc((size_t)(rows_per * cols) * sizeof *w);
-    void *raw = malloc((size_t)(rows_per * cols) * sizeof(float));
-    int rc = w && raw ? NX_OK : nx_err_set(e, NX_EIO, "out of memory reading %s", t->name);
     float m = 0.0f;
     int kept;
-    if (rc == NX_OK)
-        rc = nx_source_keep(src, tensor, &kept, e);
+    int rc = nx_source_keep(src, tensor, &kept, e);
     for (int64_t r = 0; r < t->shape[0] && rc == NX_OK; r += rows_per) {
         int64_t n = t->shape[0] - r < rows_per ? t->shape[0] - r : rows_per;
         float bm = 0.0f;
-        rc = rows_absmax(src, tensor, r, n, w, raw, &bm, e);
+        rc = rows_absmax(src, tensor, r, n, sc->w, sc->raw, &bm, e);
         if (rc == NX_OK && !isfinite(bm))
             rc = nx_err_set(e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
                             nx_source_path(src, tensor), t->name, (long long)r,
                             (long long)(r + n - 1));
         m = bm > m ? bm : m;
     }
-    free(w);
-    free(raw);
     *amax = m;
     return rc;
 }
@@ -100,6 +103,11 @@ int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e)
 static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats *s,
                              const nx_plan *p, int rank, float *group, nx_amax *a, nx_err *e)
 {
+    int64_t max_cols = 16;
+    for (int64_t i = 0; i < k->n_q; i++)
+        max_cols = k->q[i].cols > max_cols ? k->q[i].cols : max_cols;
+    size_t elems = (size_t)(max_cols > ROW_BLOCK_ELEMS ? max_cols : ROW_BLOCK_ELEMS);
+    scratch sc = { NULL, NULL };
     int rc = NX_OK;
     for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
         const nx_qmod *q = &k->q[i];
@@ -108,11 +116,18 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
             a->w_from_weight[i] = 1;
             if (nx_plan_owner(p, q->tensor) != rank)
                 continue;
-            rc = nx_weight_absmax(src, q->tensor, &v, e);
+            if (sc.raw == NULL) {
+                sc.w = malloc(elems * sizeof *sc.w);
+                sc.raw = malloc(elems * sizeof(float));
+            }
+            rc = sc.w && sc.raw ? weight_absmax(src, q->tensor, &sc, &v, e)
+                                : nx_err_set(e, NX_EIO, "out of memory for the amax pass");
         }
         if (v > group[q->group])
             group[q->group] = v;
     }
+    free(sc.w);
+    free(sc.raw);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -416,4 +417,22 @@ uint32_t nx_crc32c(uint32_t crc, const void *buf, size_t len)
         return ~crc32c_hw(crc, buf, len);
 #endif
     return ~crc32c_table(crc, buf, len);
+}
+
+void *nx_big_alloc(size_t bytes)
+{
+    size_t len = bytes ? bytes : 1;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+void nx_big_free(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes ? bytes : 1);
 }

@@ -68,6 +68,7 @@ typedef struct writer {
     int64_t journaled;                   /* items this rank journaled */
     int64_t stall_after;                 /* test hook, see stall_if_asked */
     const nx_work *item;                 /* the work item being produced */
+    nx_quantize_fn kernel;               /* the fastest variant this CPU runs */
     uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
@@ -99,7 +100,13 @@ static int out_write(writer *wr, const nx_out *out, uint64_t off, const void *bu
     NX_ERROR_IF(off + len > out->nbytes, e, NX_EIO, "internal: write past %s", out->name);
     int64_t j = out - &wr->p->out[wr->item->first];
     wr->crc[j] = nx_crc32c(wr->crc[j], buf, len);
-    return nx_pwrite_full(fd, buf, len, out->offset + off, path, e);
+    NX_TRY(nx_pwrite_full(fd, buf, len, out->offset + off, path, e));
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Start writeback now, so that the final fsync finds little left to do. */
+    if (len >= (1u << 20))
+        sync_file_range(fd, (off_t)(out->offset + off), (off_t)len, SYNC_FILE_RANGE_WRITE);
+#endif
+    return NX_OK;
 }
 
 /* --resume: an item is reused only if its outputs still have the journaled checksums. */
@@ -181,37 +188,65 @@ static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
 }
 
 /* Threads split the rows of one block; each row is independent. */
-static void quantize_block(writer *wr, int64_t nrows, int64_t cols, float amax,
-                           const float *blocks)
+/* Threads split the rows of one block; each row is independent. Returns -1 when the rows
+ * hold NaN or Inf. */
+static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrows, int64_t cols,
+                          float amax, const float *blocks)
 {
-    int nt = wr->o->threads;
-    #pragma omp parallel for num_threads(nt) schedule(static)
+    int nt = wr->o->threads, bad = 0;
+    size_t esz = nx_dtype_size(dt);
+    #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
     for (int t = 0; t < nt; t++) {
         int64_t r0 = nrows * t / nt, r1 = nrows * (t + 1) / nt;
         if (r1 > r0)
-            nx_nvfp4_quantize_rows_ref(wr->w + r0 * cols, r1 - r0, cols, amax,
-                                       blocks ? blocks + r0 * (cols / NX_BLOCK) : NULL,
-                                       wr->o->numerics, wr->codes + r0 * (cols / 2),
-                                       wr->scales + r0 * (cols / NX_BLOCK));
+            bad |= wr->kernel((const uint8_t *)src + (size_t)(r0 * cols) * esz, dt, r1 - r0,
+                              cols, amax, blocks ? blocks + r0 * (cols / NX_BLOCK) : NULL,
+                              wr->o->numerics, wr->codes + r0 * (cols / 2),
+                              wr->scales + r0 * (cols / NX_BLOCK)) != 0;
     }
+    return bad ? -1 : 0;
+}
+
+/* The kernels read BF16/F16/F32 as stored; FP8 block-scaled sources are dequantized first. */
+static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r, int64_t n,
+                      const void **src, nx_dtype *dt, nx_err *e)
+{
+    if (t->scale_inv >= 0) {
+        NX_TRY(nx_source_read_rows_f32(wr->src, tensor, r, n, wr->w, wr->raw, e));
+        *src = wr->w;
+        *dt = NX_DT_F32;
+        return NX_OK;
+    }
+    size_t row_bytes = (size_t)t->shape[1] * nx_dtype_size(t->dtype);
+    NX_TRY(nx_source_read(wr->src, tensor, (uint64_t)r * row_bytes, wr->raw,
+                          (size_t)n * row_bytes, e));
+    *src = wr->raw;
+    *dt = t->dtype;
+    return NX_OK;
 }
 
 static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *blocks,
                          nx_err *e)
 {
     const nx_qmod *m = &wr->k->q[q];
+    const nx_tensor *t = &wr->c->t[m->tensor];
     const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
     int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
-    size_t esz = nx_dtype_size(wr->c->t[m->tensor].dtype);
+    size_t esz = nx_dtype_size(t->dtype);
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
-        NX_TRY(nx_source_read_rows_f32(wr->src, m->tensor, r, n, wr->w, wr->raw, e));
-        NX_ERROR_IF(!isfinite(nx_absmax_f32(wr->w, n * m->cols)), e, NX_EINPUT,
-                    "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
-                    nx_source_path(wr->src, m->tensor), wr->c->t[m->tensor].name,
-                    (long long)r, (long long)(r + n - 1));
-        quantize_block(wr, n, m->cols, wr->a->w[q],
-                       blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL);
+        const void *src;
+        nx_dtype dt;
+        NX_TRY(read_block(wr, t, m->tensor, r, n, &src, &dt, e));
+        NX_ERROR_IF(dt != NX_DT_BF16 && dt != NX_DT_F16 && dt != NX_DT_F32, e, NX_EINPUT,
+                    "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, F32 or "
+                    "FP8 block-scaled", nx_source_path(wr->src, m->tensor), t->name,
+                    nx_dtype_name(t->dtype));
+        NX_ERROR_IF(quantize_block(wr, src, dt, n, m->cols, wr->a->w[q],
+                                   blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL) != 0,
+                    e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
+                    nx_source_path(wr->src, m->tensor), t->name, (long long)r,
+                    (long long)(r + n - 1));
         NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
@@ -332,6 +367,9 @@ static int writer_init(writer *wr, nx_err *e)
     int rank;
     MPI_Comm_rank(wr->pg.comm, &rank);
     wr->stall_after = stall_setting(rank);
+    nx_kernel k;
+    NX_TRY(nx_kernel_select(&k, e));
+    wr->kernel = nx_kernel_fn(k);
     return nx_journal_open(&wr->jr, wr->dir, rank, wr->o->resumed, e);
 }
 

@@ -24,7 +24,4 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
                  int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);
 
-/* max |W| of a 2-D source weight, streamed in row blocks; NaN or Inf is an error naming it. */
-int nx_weight_absmax(nx_source *src, int64_t tensor, float *amax, nx_err *e);
-
 #endif

@@ -65,6 +65,11 @@ int nx_strmap_put(nx_strmap *m, const char *key, int64_t val);
 /* Value, or -1 when absent. */
 int64_t nx_strmap_get(const nx_strmap *m, const char *key);
 
+/* Large buffers backed by transparent huge pages where the kernel allows them: one fault per
+ * 2 MiB instead of per 4 KiB (it matters in VMs). NULL on failure; free with nx_big_free. */
+void *nx_big_alloc(size_t bytes);
+void nx_big_free(void *p, size_t bytes);
+
 /* CRC-32C (Castagnoli), streaming: crc = nx_crc32c(crc, buf, len), starting from 0. Uses the
  * SSE4.2 instruction when the CPU has it. */
 uint32_t nx_crc32c(uint32_t crc, const void *buf, size_t len);

@@ -185,7 +185,8 @@ static int phase_write(pipeline *pl, nx_err *e)
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
                          .calib_path = o->calib, .calib = pl->calib,
-                         .resumed = pl->resumed, .format = o->format };
+                         .resumed = pl->resumed, .format = o->format,
+                         .report = o->report };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)

@@ -18,7 +18,7 @@
 static const char usage_text[] =
     "usage:\n"
     "  mpirun -np N nvfp4x export --model SRC --output DST [--calib CALIB.h5] [options]\n"
-    "  nvfp4x verify DST [--model SRC] [--json]\n"
+    "  [mpirun -np N] nvfp4x verify DST [--model SRC [--report FILE.h5]] [--json]\n"
     "  nvfp4x plan --model SRC [--calib CALIB.h5] [--ranks N] [options]\n"
     "\n"
     "Exports a Hugging Face checkpoint plus ModelOpt calibration statistics to an NVFP4\n"
@@ -42,6 +42,8 @@ static const char usage_text[] =
     "  --threads N            quantization threads per rank (default: the rank's cores)\n"
     "  --mem-budget SIZE      memory per rank for keeping whole tensors between the amax\n"
     "                         pass and quantization (default: 2x the largest tensor, <= 1GiB)\n"
+    "  --report FILE.h5       export: per quantized tensor error statistics, saturated and\n"
+    "                         zero blocks, code histogram and fallbacks (docs/report.md)\n"
     "  --resume               continue an interrupted export from OUTPUT.nvfp4x-staging,\n"
     "                         reusing pieces whose checksums match its journal\n"
     "  --force                replace an existing output or discard a staging directory\n"
@@ -50,6 +52,8 @@ static const char usage_text[] =
     "  --owners               plan: list every source tensor with its rank and shard\n"
     "verify options:\n"
     "  --model DIR            also check shapes and exact re-encoding against the source\n"
+    "  --report FILE.h5       with --model: reconstruction error, saturated and zero blocks\n"
+    "                         and code histogram of every quantized tensor (docs/report.md)\n"
     "  --json                 violations as JSON lines\n"
     "\n"
     "Exit status: 0 success, 1 I/O or MPI failure (verify: rule violations), 2 bad input\n"
@@ -57,7 +61,8 @@ static const char usage_text[] =
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
-       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT };
+       OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
+       OPT_REPORT };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -74,6 +79,7 @@ static const struct option long_opts[] = {
     { "quiet", no_argument, 0, OPT_QUIET },
     { "ranks", required_argument, 0, OPT_RANKS },
     { "json", no_argument, 0, OPT_JSON },
+    { "report", required_argument, 0, OPT_REPORT },
     { "mem-budget", required_argument, 0, OPT_MEM },
     { "owners", no_argument, 0, OPT_OWNERS },
     { "resume", no_argument, 0, OPT_RESUME },
@@ -89,6 +95,7 @@ typedef struct cli {
     const char *excludes[MAX_EXCLUDES];
     const char *positional;
     int json;
+    const char *report; /* verify --report FILE.h5 */
 } cli;
 
 static int pick(const char *arg, const char *const *names, int n)
@@ -151,6 +158,7 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_RESUME: c->x.resume = 1; return NX_OK;
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
+    case OPT_REPORT: c->report = arg; return NX_OK;
     case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: case OPT_FORMAT:
         return parse_choice(opt, arg, c, e);
     case OPT_EXCLUDE:
@@ -216,8 +224,12 @@ static int check_args(const cli *c, nx_err *e)
     if (strcmp(c->cmd, "verify") == 0) {
         NX_ERROR_IF(c->positional == NULL, e, NX_EINPUT, "verify: give the checkpoint "
                     "directory (nvfp4x verify DST)");
+        NX_ERROR_IF(c->report && c->x.model == NULL, e, NX_EINPUT, "verify: --report needs "
+                    "--model SRC (the statistics compare with the source weights)");
         return NX_OK;
     }
+    NX_ERROR_IF(c->report != NULL && strcmp(c->cmd, "export") != 0, e, NX_EINPUT,
+                "%s: --report is an export or verify option", c->cmd);
     NX_ERROR_IF(c->positional != NULL, e, NX_EINPUT, "%s: unexpected argument '%s'", c->cmd,
                 c->positional);
     NX_ERROR_IF(c->x.model == NULL, e, NX_EINPUT, "%s: --model is required", c->cmd);
@@ -243,19 +255,23 @@ static int default_threads(MPI_Comm comm)
     return cores > 0 ? cores : 1;
 }
 
+/* Collective: every rank checks its share; rank 0 prints. */
 static int run_verify(const cli *c, int rank, nx_err *e)
 {
-    if (rank != 0)
-        return NX_OK;
     nx_verify_opts vo = { .dir = c->positional, .model = c->x.model, .json = c->json };
     nx_verify_result r = { 0 };
-    NX_TRY(nx_verify_run(&vo, &r, stdout, e));
-    fprintf(stderr, "nvfp4x verify: %s: %lld tensors, %lld quantized modules, %lld "
-            "violation%s", c->positional, (long long)r.n_tensors, (long long)r.n_quantized,
-            (long long)r.n_violations, r.n_violations == 1 ? "" : "s");
-    if (c->x.model)
-        fprintf(stderr, ", worst relative RMS error %.4f", r.worst_rel_rms);
-    fputc('\n', stderr);
+    NX_TRY(nx_verify_run_collective(&vo, c->report, MPI_COMM_WORLD, &r, stdout, e));
+    if (rank == 0) {
+        fprintf(stderr, "nvfp4x verify: %s: %lld tensors, %lld quantized modules, %lld "
+                "violation%s", c->positional, (long long)r.n_tensors,
+                (long long)r.n_quantized, (long long)r.n_violations,
+                r.n_violations == 1 ? "" : "s");
+        if (c->x.model)
+            fprintf(stderr, ", worst relative RMS error %.4f", r.worst_rel_rms);
+        if (c->report)
+            fprintf(stderr, ", report %s", c->report);
+        fputc('\n', stderr);
+    }
     return r.n_violations ? -1 : NX_OK;
 }
 
@@ -267,6 +283,7 @@ static int run(cli *c, int rank, nx_err *e)
         c->x.threads = default_threads(MPI_COMM_WORLD);
     if (strcmp(c->cmd, "plan") == 0)
         return nx_plan_run(&c->x, MPI_COMM_WORLD, stdout, e);
+    c->x.report = c->report;
     return nx_export_run(&c->x, MPI_COMM_WORLD, e);
 }
 

@@ -12,6 +12,7 @@
 #include "nvfp4x/comm.h"
 #include "nvfp4x/journal.h"
 #include "nvfp4x/progress.h"
+#include "nvfp4x/report.h"
 #include "nvfp4x/util.h"
 
 #define ROW_BLOCK_ELEMS (4 << 20) /* elements quantized per step */
@@ -69,6 +70,8 @@ typedef struct writer {
     int64_t stall_after;                 /* test hook, see stall_if_asked */
     const nx_work *item;                 /* the work item being produced */
     nx_quantize_fn kernel;               /* the fastest variant this CPU runs */
+    nx_report_entry *rep;                /* --report: one entry per module quantized here */
+    int64_t n_rep, cap_rep;
     uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
@@ -225,6 +228,36 @@ static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r,
     return NX_OK;
 }
 
+/* --report: statistics of the rows just quantized, against their float32 values. */
+static void report_rows(writer *wr, const void *src, nx_dtype dt, int64_t n, int64_t cols,
+                        int64_t q)
+{
+    if (src != wr->w)
+        nx_widen_f32(src, dt, n * cols, wr->w);
+    nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales,
+                  nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
+}
+
+static int report_begin(writer *wr, int64_t q, nx_err *e)
+{
+    if (wr->n_rep == wr->cap_rep) {
+        int64_t cap = wr->cap_rep ? 2 * wr->cap_rep : 256;
+        nx_report_entry *grown = realloc(wr->rep, (size_t)cap * sizeof *grown);
+        NX_ALLOC_CHECK(grown, e, "the report");
+        wr->rep = grown;
+        wr->cap_rep = cap;
+    }
+    nx_report_entry *r = &wr->rep[wr->n_rep];
+    memset(r, 0, sizeof *r);
+    r->module = nx_qmod_name(wr->c, &wr->k->q[q]);
+    NX_ALLOC_CHECK(r->module, e, "a module name");
+    r->w_from_weight = wr->a->w_from_weight[q];
+    r->in_from_layer = wr->a->in_from_layer[q];
+    r->w_static = wr->s->w_static[q];
+    wr->n_rep++;
+    return NX_OK;
+}
+
 static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *blocks,
                          nx_err *e)
 {
@@ -247,6 +280,8 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                     e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (rows %lld-%lld)",
                     nx_source_path(wr->src, m->tensor), t->name, (long long)r,
                     (long long)(r + n - 1));
+        if (wr->o->report)
+            report_rows(wr, src, dt, n, m->cols, q);
         NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
@@ -269,6 +304,8 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
     int64_t q = wr->k->qmod_of[w->tensor];
     float *blocks = NULL;
     int rc = wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
+    if (rc == NX_OK && wr->o->report)
+        rc = report_begin(wr, q, e);
     if (rc == NX_OK)
         rc = quantize_rows(wr, w, q, blocks, e);
     free(blocks);
@@ -412,6 +449,11 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     nx_progress_finish(&wr.pg, rc != NX_OK);
     rc = writer_close(&wr, rc, e);
     rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK && o->report)
+        rc = nx_report_write(o->report, wr.rep, wr.n_rep, comm, e);
+    for (int64_t i = 0; i < wr.n_rep; i++)
+        free((char *)wr.rep[i].module);
+    free(wr.rep);
     NX_ERROR_IF(rc == NX_OK && wr.pg.stop, e, NX_EIO, "internal: stopped without an error");
     return rc;
 }

@@ -3,6 +3,7 @@
 #ifndef NVFP4X_VERIFY_H
 #define NVFP4X_VERIFY_H
 
+#include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -23,7 +24,15 @@ typedef struct nx_verify_result {
 
 /* Checks every rule, printing one line per violation to out ("RULE name: message").
  * Returns NX_OK when the checkpoint could be read (violations are counted in r), NX_EINPUT
- * when it cannot be read or parsed at all. */
+ * when it or the source cannot be read or parsed at all. One process, no MPI call. */
 int nx_verify_run(const nx_verify_opts *o, nx_verify_result *r, FILE *out, nx_err *e);
+
+/* nx_verify_run spread over the ranks of comm; collective, every rank passing the same
+ * options. Rank 0 prints every rank's violations to out (unused elsewhere), in the same order
+ * for any number of ranks; every rank returns the same status and r. report: NULL, or an
+ * HDF5 file (docs/report.md) for the reconstruction statistics of every quantized module whose
+ * source weight has its shape; it needs o->model (NX_EINPUT without). */
+int nx_verify_run_collective(const nx_verify_opts *o, const char *report, MPI_Comm comm,
+                             nx_verify_result *r, FILE *out, nx_err *e);
 
 #endif

@@ -21,6 +21,7 @@ typedef struct nx_write_opts {
     nx_calib *calib;        /* the collectively opened file, or NULL: open rank-locally */
     int resumed;            /* reuse journaled items whose outputs check out */
     nx_format format;
+    const char *report;     /* --report FILE.h5, or NULL */
 } nx_write_opts;
 
 /* Rank 0: creates each shard in dir at its final size with its header written; with

@@ -1,0 +1,196 @@
+/* Shared by the three parts of nvfp4x verify, not part of the library's interface:
+ * src/verify.c (loading, the work split over ranks, violations in a fixed order),
+ * src/verify_rules.c (the rules of CONSUMERS.md) and src/verify_source.c (shapes and exact
+ * re-encoding against the source model, reconstruction statistics). */
+#ifndef NVFP4X_VERIFY_INTERNAL_H
+#define NVFP4X_VERIFY_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "nvfp4x/report.h"
+#include "nvfp4x/safetensors.h"
+#include "nvfp4x/util.h"
+#include "nvfp4x/verify.h"
+
+#define INDEX_FILE "model.safetensors.index.json"
+#define SINGLE_FILE "model.safetensors"
+#define HQ_FILE "hf_quant_config.json"
+#define READ_CHUNK_BYTES ((size_t)1 << 20)
+
+/* ---- Catalog: every tensor of every shard ------------------------------------------------- */
+
+typedef struct shard {
+    char *file; /* as the index names it */
+    char *path;
+    int ok;     /* header parsed */
+    nx_st_header h;
+} shard;
+
+typedef struct tensor_ref {
+    const nx_st_tensor *st;
+    int shard;
+    int64_t module; /* the prefix before the last '.', index into vctx.m; -1 without a '.' */
+    int sfx;
+} tensor_ref;
+
+typedef struct catalog {
+    const char *dir;
+    int n_shards;
+    shard *shards;
+    int64_t n;
+    tensor_ref *t;  /* sorted by name (natural order) */
+    nx_strmap names; /* name -> index into t (the first copy when a name repeats) */
+    cJSON *index;    /* NULL for a single model.safetensors */
+    int fd, fd_shard; /* one open shard at a time */
+} catalog;
+
+/* ---- Modules: tensors grouped by prefix --------------------------------------------------- */
+
+enum { SFX_WEIGHT, SFX_WEIGHT_SCALE, SFX_WEIGHT_SCALE_2, SFX_INPUT_SCALE, SFX_BIAS,
+       SFX_K_SCALE, SFX_V_SCALE, SFX_OTHER };
+
+static inline const char *sfx_name(int sfx)
+{
+    static const char *const names[SFX_OTHER] = { "weight", "weight_scale", "weight_scale_2",
+                                                  "input_scale", "bias", "k_scale",
+                                                  "v_scale" };
+    return names[sfx];
+}
+
+enum { MOD_NONE, MOD_QUANT, MOD_EXCL };
+
+typedef struct module {
+    char *name;
+    int64_t t[SFX_OTHER]; /* tensor index per known suffix, -1 when absent */
+    int status;
+    int ws2_ok, is_ok; /* the scalar was F32 [] and has been read */
+    uint32_t ws2_bits, is_bits;
+    int layout_ok;     /* weight, weight_scale, weight_scale_2 are T1/T2-valid */
+    int64_t rows, in;  /* when layout_ok */
+} module;
+
+/* An exclude list as one engine reads it. */
+typedef struct xlist {
+    const char *label; /* "" when both files agree, else which file */
+    const char **pats;
+    int n;
+} xlist;
+
+/* ---- Violations: printed in (phase, item, seq) order, the same for any -np ---------------- */
+
+enum { PH_LOAD, PH_CONFIGS, PH_INDEX, PH_MODULES, PH_TENSORS, PH_FUSED, PH_EXPERTS,
+       PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT, PH_SRC_MISSING };
+
+typedef struct violation {
+    int64_t phase, item, seq; /* item: module or tensor index in split phases, else 0 */
+    char *line;               /* the output line, text or JSON, with its newline */
+} violation;
+
+typedef struct vctx {
+    const nx_verify_opts *o;
+    nx_verify_result *r;
+    FILE *out;
+    const char *report; /* --report FILE.h5, or NULL */
+    MPI_Comm comm;
+    int rank, size; /* 0 and 1 without a communicator */
+    cJSON *config, *hq;
+    const cJSON *qc;  /* config.json quantization_config */
+    const cJSON *hqq; /* hf_quant_config.json quantization */
+    int weight_only, kv_fp8;
+    int64_t n_layers; /* num_hidden_layers: layers at or above it are MTP */
+    xlist lists[2];
+    int n_lists;
+    catalog c;
+    catalog src;      /* the source model, with --model */
+    module *m;
+    int64_t n_mod;
+    nx_strmap mod_names;
+    int *mod_owner;   /* per module: the rank that reads its data */
+    int *copy_owner;  /* per tensor: the rank that compares it with the source */
+    int phase, quiet; /* quiet: this rank repeats work whose violations rank 0 records */
+    int64_t item, seq;
+    violation *found;
+    int64_t n_found, cap_found;
+    int found_failed; /* out of memory recording a violation */
+    nx_report_entry *entries; /* statistics of the modules this rank checked (--model) */
+    int64_t n_entries, cap_entries;
+} vctx;
+
+/* ---- src/verify.c ------------------------------------------------------------------------- */
+
+/* Records one violation of rule for name under the current phase and item. */
+void nx_violation(vctx *v, const char *rule, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* len bytes at byte off of tensor ti's data. */
+int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_t len,
+                          nx_err *e);
+
+/* "BF16 [4, 32]". */
+void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len);
+
+/* First string of array a that array b lacks, or NULL; *oom on allocation failure. */
+const char *nx_verify_set_missing(const cJSON *a, const cJSON *b, int *oom);
+
+/* ---- src/verify_rules.c: rank 0 runs every check but check_module ------------------------- */
+
+int nx_verify_check_configs(vctx *v, nx_err *e);   /* C1 C2 C3 */
+int nx_verify_check_index(vctx *v, nx_err *e);     /* I1 */
+/* T1 T2 T3 of one quantized module; reads its scalars and scans its block scales. */
+int nx_verify_check_module(vctx *v, module *m, nx_err *e);
+int nx_verify_check_tensors(vctx *v, nx_err *e);   /* T1 T4 of every tensor, T3 of KV scales */
+int nx_verify_check_fused(vctx *v, nx_err *e);     /* T5 */
+int nx_verify_check_experts(vctx *v, nx_err *e);   /* M1 M2 M3 */
+int nx_verify_check_exclusion(vctx *v, nx_err *e); /* M4 E1 E2 */
+int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
+
+/* ---- src/verify_source.c ------------------------------------------------------------------ */
+
+/* Bytes read to compare checkpoint tensor ti with its source copy (0: nothing to read). */
+uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti);
+/* T2: tensor ti, unless made by quantization, is the source tensor byte for byte. */
+int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
+/* T2 and X of quantized module k; its statistics into v->entries. */
+int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);
+/* T2: every source tensor is in the checkpoint. */
+int nx_verify_source_missing(vctx *v, nx_err *e);
+
+/* ---- Small helpers ------------------------------------------------------------------------ */
+
+static inline const cJSON *jget(const cJSON *o, const char *key)
+{
+    return cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+}
+
+static inline const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *x = jget(o, key);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+static inline int str_eq(const char *a, const char *b)
+{
+    return a && b && strcmp(a, b) == 0;
+}
+
+static inline int ends_with(const char *s, const char *suffix)
+{
+    size_t ls = strlen(s), lx = strlen(suffix);
+    return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
+}
+
+static inline int is_float_dtype(nx_dtype dt)
+{
+    return dt == NX_DT_BF16 || dt == NX_DT_F16 || dt == NX_DT_F32;
+}
+
+static inline int64_t tensor_find(const catalog *c, const char *name)
+{
+    return nx_strmap_get(&c->names, name);
+}
+
+#endif

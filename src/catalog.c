@@ -419,6 +419,29 @@ const char *nx_source_path(const nx_source *s, int64_t tensor)
     return path;
 }
 
+static int source_fd(nx_source *s, const nx_tensor *t, const char *path, nx_err *e)
+{
+    if (s->fds[t->file] < 0) {
+        s->fds[t->file] = open(path, O_RDONLY | O_CLOEXEC);
+        if (s->fds[t->file] < 0)
+            return nx_err_errno(e, NX_EINPUT, "%s: cannot open", path);
+        /* Tensors are read front to back: let the kernel read ahead further. */
+        posix_fadvise(s->fds[t->file], 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+    return NX_OK;
+}
+
+void nx_source_prefetch(nx_source *s, int64_t tensor)
+{
+    nx_err ignored = { 0 };
+    for (int64_t i = tensor; i >= 0; i = i == tensor ? s->c->t[tensor].scale_inv : -1) {
+        const nx_tensor *t = &s->c->t[i];
+        if (s->kept[i] == NULL && source_fd(s, t, nx_source_path(s, i), &ignored) == NX_OK)
+            posix_fadvise(s->fds[t->file], (off_t)t->offset, (off_t)t->nbytes,
+                          POSIX_FADV_WILLNEED);
+    }
+}
+
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e)
 {
     const nx_tensor *t = &s->c->t[tensor];
@@ -427,11 +450,7 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
         return NX_OK;
     }
     const char *path = nx_source_path(s, tensor);
-    if (s->fds[t->file] < 0) {
-        s->fds[t->file] = open(path, O_RDONLY | O_CLOEXEC);
-        if (s->fds[t->file] < 0)
-            return nx_err_errno(e, NX_EINPUT, "%s: cannot open", path);
-    }
+    NX_TRY(source_fd(s, t, path, e));
     NX_ERROR_IF(off + len > t->nbytes, e, NX_EIO, "internal: read past tensor %s", t->name);
     int rc = nx_pread_full(s->fds[t->file], buf, len, t->offset + off, path, e);
     if (rc && e->code == NX_EINPUT)

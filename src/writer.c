@@ -433,6 +433,14 @@ static int writer_close(writer *wr, int rc, nx_err *e)
     return rc;
 }
 
+/* The first work item at or after i that rank owns (p->n_work when none). */
+static int64_t first_owned(const nx_plan *p, int64_t i, int rank)
+{
+    while (i < p->n_work && p->work[i].rank != rank)
+        i++;
+    return i;
+}
+
 int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_amax *a,
                  const nx_plan *p, const char *dir, const nx_write_opts *o, MPI_Comm comm,
                  nx_err *e)
@@ -443,9 +451,14 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
                   .src = src, .jr = { .fd = -1 } };
     nx_progress_init(&wr.pg, comm, src->c->total_bytes, "quantized", o->quiet);
     int rc = writer_init(&wr, e);
-    for (int64_t i = 0; i < p->n_work && rc == NX_OK && !wr.pg.stop; i++)
-        if (p->work[i].rank == rank)
-            rc = process(&wr, &p->work[i], e);
+    int64_t next = first_owned(p, 0, rank);
+    while (next < p->n_work && rc == NX_OK && !wr.pg.stop) {
+        int64_t i = next;
+        next = first_owned(p, i + 1, rank);
+        if (next < p->n_work && p->work[next].tensor >= 0)
+            nx_source_prefetch(src, p->work[next].tensor); /* read ahead while we work */
+        rc = process(&wr, &p->work[i], e);
+    }
     nx_progress_finish(&wr.pg, rc != NX_OK);
     rc = writer_close(&wr, rc, e);
     rc = nx_agree(rc, e, comm);

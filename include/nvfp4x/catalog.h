@@ -63,6 +63,8 @@ int nx_source_open(nx_source *s, const nx_catalog *c, uint64_t budget, nx_err *e
 /* Reads the whole tensor into memory when it fits the remaining budget; *kept tells. */
 int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e);
 void nx_source_drop(nx_source *s, int64_t tensor);
+/* Asks the kernel to start reading the tensor (and its FP8 scales) in the background. */
+void nx_source_prefetch(nx_source *s, int64_t tensor);
 /* len bytes of the tensor's data starting at byte off within the tensor. */
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
 /* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an FP8

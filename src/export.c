@@ -186,7 +186,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
                          .calib_path = o->calib, .calib = pl->calib,
                          .resumed = pl->resumed, .format = o->format,
-                         .report = o->report };
+                         .report = o->report, .no_fsync = o->no_fsync };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)

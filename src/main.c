@@ -47,6 +47,8 @@ static const char usage_text[] =
     "  --resume               continue an interrupted export from OUTPUT.nvfp4x-staging,\n"
     "                         reusing pieces whose checksums match its journal\n"
     "  --force                replace an existing output or discard a staging directory\n"
+    "  --no-fsync             do not fsync the shards before the final rename (faster on\n"
+    "                         slow disks; a process crash stays safe, an OS crash may not)\n"
     "  --quiet                no progress output\n"
     "  --ranks N              plan: ranks to plan for (default: the MPI size)\n"
     "  --owners               plan: list every source tensor with its rank and shard\n"
@@ -62,6 +64,7 @@ static const char usage_text[] =
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
        OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
+       OPT_NO_FSYNC,
        OPT_REPORT };
 
 static const struct option long_opts[] = {
@@ -83,6 +86,7 @@ static const struct option long_opts[] = {
     { "mem-budget", required_argument, 0, OPT_MEM },
     { "owners", no_argument, 0, OPT_OWNERS },
     { "resume", no_argument, 0, OPT_RESUME },
+    { "no-fsync", no_argument, 0, OPT_NO_FSYNC },
     { "format", required_argument, 0, OPT_FORMAT },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
@@ -156,6 +160,7 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_WEIGHT_ONLY: c->x.weight_only = 1; return NX_OK;
     case OPT_FORCE: c->x.force = 1; return NX_OK;
     case OPT_RESUME: c->x.resume = 1; return NX_OK;
+    case OPT_NO_FSYNC: c->x.no_fsync = 1; return NX_OK;
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
     case OPT_REPORT: c->report = arg; return NX_OK;

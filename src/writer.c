@@ -106,7 +106,7 @@ static int out_write(writer *wr, const nx_out *out, uint64_t off, const void *bu
     NX_TRY(nx_pwrite_full(fd, buf, len, out->offset + off, path, e));
 #ifdef SYNC_FILE_RANGE_WRITE
     /* Start writeback now, so that the final fsync finds little left to do. */
-    if (len >= (1u << 20))
+    if (len >= (1u << 20) && !wr->o->no_fsync)
         sync_file_range(fd, (off_t)(out->offset + off), (off_t)len, SYNC_FILE_RANGE_WRITE);
 #endif
     return NX_OK;
@@ -417,7 +417,7 @@ static int writer_close(writer *wr, int rc, nx_err *e)
     for (int32_t s = 0; wr->fds && s < wr->p->n_shards; s++) {
         if (wr->fds[s] < 0)
             continue;
-        if (rc == NX_OK && fsync(wr->fds[s]) != 0)
+        if (rc == NX_OK && !wr->o->no_fsync && fsync(wr->fds[s]) != 0)
             rc = nx_err_errno(e, NX_EIO, "%s: fsync failed", shard_path(wr, s, path, sizeof path));
         if (close(wr->fds[s]) != 0 && rc == NX_OK)
             rc = nx_err_errno(e, NX_EIO, "%s: close failed", shard_path(wr, s, path, sizeof path));

@@ -25,6 +25,7 @@ typedef struct nx_export_opts {
     int quiet;
     int force;
     int resume;      /* continue an interrupted export's staging directory */
+    int no_fsync;    /* do not fsync the shards before the rename */
     const char *report; /* --report FILE.h5: per-tensor statistics (docs/report.md) */
     int plan_ranks;  /* plan: ranks to plan for */
     int plan_owners; /* plan: list every work item's owner */

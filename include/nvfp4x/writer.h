@@ -22,6 +22,7 @@ typedef struct nx_write_opts {
     int resumed;            /* reuse journaled items whose outputs check out */
     nx_format format;
     const char *report;     /* --report FILE.h5, or NULL */
+    int no_fsync;           /* --no-fsync: leave flushing the shards to the kernel */
 } nx_write_opts;
 
 /* Rank 0: creates each shard in dir at its final size with its header written; with

@@ -2,6 +2,7 @@
 # Export throughput and memory against the cost of reading the input once.
 #
 #   tests/bench/bench_export.sh [--size-gb G] [--np "1 2"] [--threads T] [--work DIR]
+#                               [--export-args "--no-fsync ..."]
 #
 # Builds nothing: uses $NX_BIN or build/nvfp4x. Generates (or reuses, when the same size was
 # generated before) a G GB Qwen3-MoE checkpoint with gen_big.py in DIR (default 3 GB in
@@ -19,17 +20,19 @@ ROOT=$(cd "$HERE/../.." && pwd)
 SIZE=3
 NPS="1 2"
 THREADS=""
+EXPORT_ARGS=""
 WORK="${TMPDIR:-/tmp}/nvfp4x-bench"
 PY=${NX_PYTHON:-/usr/bin/python3}
 BIN=${NX_BIN:-$ROOT/build/nvfp4x}
 MPIEXEC=${MPIEXEC:-mpirun}
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --size-gb) SIZE=$2; shift 2 ;;
         --np) NPS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
+        --export-args) EXPORT_ARGS=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "bench_export: unknown argument '$1'" >&2; usage ;;
@@ -37,7 +40,9 @@ while [ $# -gt 0 ]; do
 done
 
 [ -x "$BIN" ] || { echo "bench_export: $BIN not found; build first or set NX_BIN" >&2; exit 2; }
-if [ ! -x /usr/bin/time ]; then
+# GNU time: $NX_TIME (a carried binary on machines without the package), else /usr/bin/time.
+export NX_TIME=${NX_TIME:-/usr/bin/time}
+if [ ! -x "$NX_TIME" ]; then
     echo "bench_export: installing GNU time" >&2
     apt-get install -y time >/dev/null || { apt-get update >/dev/null && apt-get install -y time >/dev/null; }
 fi
@@ -84,20 +89,22 @@ WRAP=$WORK/rss_wrap.sh
 cat >"$WRAP" <<'EOF'
 #!/bin/sh
 # One MPI rank under GNU time: peak RSS (KB), user and system seconds to $NX_RSS_PREFIX.<rank>.
-exec /usr/bin/time -f '%M %U %S' -o "$NX_RSS_PREFIX.${OMPI_COMM_WORLD_RANK:-0}" "$@"
+exec "$NX_TIME" -f '%M %U %S' -o "$NX_RSS_PREFIX.${OMPI_COMM_WORLD_RANK:-0}" "$@"
 EOF
 chmod +x "$WRAP"
 nproc_=$(nproc)
-echo "bench_export: $(basename "$BIN") on $nproc_ cores; input $INPUT bytes in ${#shards[@]} shards;" \
+echo "bench_export: $(basename "$BIN") ${EXPORT_ARGS:+($EXPORT_ARGS) }on $nproc_ cores; input $INPUT bytes in ${#shards[@]} shards;" \
     "largest tensor $LARGEST bytes; threads ${THREADS:-default}"
 extra=()
 [ -n "$THREADS" ] && extra=(--threads "$THREADS")
+# shellcheck disable=SC2206
+[ -n "$EXPORT_ARGS" ] && extra+=($EXPORT_ARGS)
 declare -A RES
 for np in $NPS; do
     rm -rf "$OUT" "$OUT.nvfp4x-staging" "$WORK"/rss.*
     cat "${shards[@]}" >/dev/null   # keep the input warm after the previous run's writes
     t0=$(now)
-    if ! NX_RSS_PREFIX=$WORK/rss "$MPIEXEC" --oversubscribe -x NX_RSS_PREFIX -np "$np" "$WRAP" \
+    if ! NX_RSS_PREFIX=$WORK/rss "$MPIEXEC" --oversubscribe -x NX_RSS_PREFIX -x NX_TIME -np "$np" "$WRAP" \
         "$BIN" export --model "$MODEL" --calib "$CALIB" --output "$OUT" "${extra[@]}" \
         </dev/null >"$WORK/export.$np.log" 2>&1; then
         echo "bench_export: export -np $np failed; log: $WORK/export.$np.log" >&2

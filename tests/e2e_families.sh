@@ -16,9 +16,18 @@ verify_clean() { # verify_clean FAMILY OUT
 
 same_tree() { diff <(tree_sums "$1") <(tree_sums "$2"); }
 
+# plan is a dry run: it prints the classification and layout and writes nothing.
+plan_ok() { # plan_ok FAMILY
+    local out
+    out=$("$NX_BIN" plan --quiet --model "$W/$1" --calib "$W/$1.h5" --ranks 3) &&
+        grep -q '^quantized linears: [1-9]' <<<"$out" && grep -q '^ranks: 3' <<<"$out" &&
+        grep -q 'model.safetensors\|model-00001-of' <<<"$out" && [ ! -e "$W/$1-plan" ]
+}
+
 for fam in qwen3moe deepseek mixtral; do
     gen "$fam" "$W"
     before=$(tree_sums "$W/$fam"; sha256sum "$W/$fam.h5")
+    check "$fam plan" plan_ok "$fam"
     for mode in gpu cpu; do
         out="$W/$fam-$mode"
         check "$fam/$mode export" nx 1 export --quiet --model "$W/$fam" --calib "$W/$fam.h5" \

@@ -4,6 +4,8 @@
  * rounding (vdivps is correctly rounded, no FMA), only the order of independent work changes. */
 #include "nvfp4x/quantize.h"
 
+#include "kernel_common.h"
+
 #if defined(__x86_64__)
 
 #include <immintrin.h>
@@ -14,16 +16,6 @@
 #define NX_INLINE static inline __attribute__((always_inline))
 #define NX_UNROLL _Pragma("GCC unroll 16") /* -O2 keeps short fixed loops rolled */
 #define GROUP 16 /* blocks per step */
-
-typedef struct params {
-    float ws2, d, big_m, r6;
-    nx_numerics m;
-} params;
-
-static inline size_t elem_bytes(nx_dtype dt)
-{
-    return dt == NX_DT_F32 ? 4 : 2;
-}
 
 /* 16 weights from element i, widened exactly. dt is a constant after inlining. */
 NX_AVX512 NX_INLINE __m512 load16(const void *src, nx_dtype dt, int64_t i)
@@ -237,35 +229,10 @@ NX_INSTANCE(quantize_bf16, NX_DT_BF16)
 NX_INSTANCE(quantize_f16, NX_DT_F16)
 NX_INSTANCE(quantize_f32, NX_DT_F32)
 
-int nx_nvfp4_quantize_rows_avx512(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
-                                  float amax, const float *block_amax, nx_numerics m,
-                                  uint8_t *codes, uint8_t *scales)
-{
-    params p = { .ws2 = nx_weight_scale_2(amax, m), .big_m = nx_div_6(amax, m), .m = m };
-    p.d = 6.0f * p.ws2;
-    p.r6 = nx_div_6(1.0f, NX_NUMERICS_GPU); /* 1 * R6: the reciprocal the GPU multiplies by */
-    int64_t nblocks = rows * (cols / NX_BLOCK);
-    switch (dt) {
-    case NX_DT_BF16:
-        return quantize_bf16(src, nblocks, block_amax, &p, codes, scales);
-    case NX_DT_F16:
-        return quantize_f16(src, nblocks, block_amax, &p, codes, scales);
-    case NX_DT_F32:
-        return quantize_f32(src, nblocks, block_amax, &p, codes, scales);
-    default:
-        return -1;
-    }
-}
+NX_KERNEL_ENTRY(nx_nvfp4_quantize_rows_avx512)
 
 #else /* not x86-64: never chosen (nx_kernel_fn returns NULL) */
 
-int nx_nvfp4_quantize_rows_avx512(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
-                                  float amax, const float *block_amax, nx_numerics m,
-                                  uint8_t *codes, uint8_t *scales)
-{
-    (void)src, (void)dt, (void)rows, (void)cols, (void)amax, (void)block_amax, (void)m;
-    (void)codes, (void)scales;
-    return -1;
-}
+NX_KERNEL_STUB(nx_nvfp4_quantize_rows_avx512)
 
 #endif

@@ -53,11 +53,12 @@ static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, n
     return nx_calib_read(cal, mod, "weight_quantizer", "_amax", &s->w_amax[i], 1, e);
 }
 
-static int read_all(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
-                    nx_stats *s, nx_err *e)
+/* Reads the statistics of every stride-th module and attention, starting at first. */
+static int read_share(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
+                      nx_stats *s, int first, int stride, nx_err *e)
 {
     int rc = NX_OK;
-    for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
+    for (int64_t i = first; i < k->n_q && rc == NX_OK; i += stride) {
         char *mod = nx_qmod_name(c, &k->q[i]);
         rc = mod ? read_optional(cal, mod, "input_quantizer", "_amax", &s->in_amax[i], e)
                  : nx_err_set(e, NX_EIO, "out of memory");
@@ -65,7 +66,7 @@ static int read_all(const nx_calib *cal, const nx_catalog *c, const nx_classes *
             rc = read_weight(cal, mod, &k->q[i], s, i, e);
         free(mod);
     }
-    for (int64_t a = 0; a < k->n_attn && rc == NX_OK; a++) {
+    for (int64_t a = first; a < k->n_attn && rc == NX_OK; a += stride) {
         rc = read_optional(cal, k->attn[a], "k_bmm_quantizer", "_amax", &s->k_amax[a], e);
         if (rc == NX_OK)
             rc = read_optional(cal, k->attn[a], "v_bmm_quantizer", "_amax", &s->v_amax[a], e);
@@ -79,11 +80,31 @@ static void fill_absent(float *v, int64_t n)
         v[i] = NX_ABSENT;
 }
 
+static void broadcast(nx_stats *s, MPI_Comm comm)
+{
+    MPI_Bcast(s->in_amax, (int)s->n_q, MPI_FLOAT, 0, comm);
+    MPI_Bcast(s->w_amax, (int)s->n_q, MPI_FLOAT, 0, comm);
+    MPI_Bcast(s->w_static, (int)s->n_q, MPI_UINT8_T, 0, comm);
+    MPI_Bcast(s->k_amax, (int)s->n_attn, MPI_FLOAT, 0, comm);
+    MPI_Bcast(s->v_amax, (int)s->n_attn, MPI_FLOAT, 0, comm);
+}
+
+/* Each entry was read by one rank; NX_ABSENT (-1) is below every valid amax (>= 0). */
+static void combine_shares(nx_stats *s, MPI_Comm comm)
+{
+    MPI_Allreduce(MPI_IN_PLACE, s->in_amax, (int)s->n_q, MPI_FLOAT, MPI_MAX, comm);
+    MPI_Allreduce(MPI_IN_PLACE, s->w_amax, (int)s->n_q, MPI_FLOAT, MPI_MAX, comm);
+    MPI_Allreduce(MPI_IN_PLACE, s->w_static, (int)s->n_q, MPI_UINT8_T, MPI_MAX, comm);
+    MPI_Allreduce(MPI_IN_PLACE, s->k_amax, (int)s->n_attn, MPI_FLOAT, MPI_MAX, comm);
+    MPI_Allreduce(MPI_IN_PLACE, s->v_amax, (int)s->n_attn, MPI_FLOAT, MPI_MAX, comm);
+}
+
 int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
                     nx_stats *s, MPI_Comm comm, nx_err *e)
 {
-    int rank;
+    int rank, size;
     MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
     memset(s, 0, sizeof *s);
     s->n_q = k->n_q;
     s->n_attn = k->n_attn;
@@ -100,14 +121,15 @@ int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *
         fill_absent(s->k_amax, k->n_attn);
         fill_absent(s->v_amax, k->n_attn);
     }
-    if (rc == NX_OK && rank == 0 && cal)
-        rc = read_all(cal, c, k, s, e);
+    if (rc == NX_OK && nx_calib_is_collective(cal))
+        rc = read_share(cal, c, k, s, rank, size, e);
+    else if (rc == NX_OK && rank == 0 && cal)
+        rc = read_share(cal, c, k, s, 0, 1, e);
     NX_TRY(nx_agree(rc, e, comm));
-    MPI_Bcast(s->in_amax, (int)k->n_q, MPI_FLOAT, 0, comm);
-    MPI_Bcast(s->w_amax, (int)k->n_q, MPI_FLOAT, 0, comm);
-    MPI_Bcast(s->w_static, (int)k->n_q, MPI_UINT8_T, 0, comm);
-    MPI_Bcast(s->k_amax, (int)k->n_attn, MPI_FLOAT, 0, comm);
-    MPI_Bcast(s->v_amax, (int)k->n_attn, MPI_FLOAT, 0, comm);
+    if (nx_calib_is_collective(cal))
+        combine_shares(s, comm);
+    else
+        broadcast(s, comm);
     s->has_kv = k->n_attn > 0;
     for (int64_t a = 0; a < k->n_attn; a++)
         if (s->k_amax[a] == NX_ABSENT || s->v_amax[a] == NX_ABSENT)

@@ -22,8 +22,9 @@ typedef struct nx_stats {
     int has_kv;        /* k and v amax for every attention */
 } nx_stats;
 
-/* cal is the open calibration file on rank 0 (other ranks ignore it), or NULL for a
- * weight-only export without one: every statistic is then absent. */
+/* cal: the calibration file opened collectively (parallel HDF5: every rank reads a share and
+ * the shares are combined), or opened on rank 0 only (serial HDF5: rank 0 reads everything
+ * and broadcasts), or NULL for a weight-only export without one: every statistic is absent. */
 int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
                     nx_stats *s, MPI_Comm comm, nx_err *e);
 void nx_stats_free(nx_stats *s);

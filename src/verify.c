@@ -1,5 +1,6 @@
 /* nvfp4x verify: loads a checkpoint's configs, index and shard headers into a catalog, derives
- * modules from tensor names alone (so any checkpoint of ModelOpt's unified layout can be
+ * modules from tensor names alone (so any checkpoint of ModelOpt's unified layout, or of
+ * llm-compressor's nvfp4-pack-quantized when config.json says compressed-tensors, can be
  * checked), then runs the rules of CONSUMERS.md (src/verify_rules.c) and, with the source
  * model, exactness (src/verify_source.c). Under MPI every rank loads the metadata; the reads
  * of tensor data (block scales, re-encoding, copied tensors) are split over the ranks by
@@ -399,10 +400,10 @@ static int cmp_named_id(const void *a, const void *b)
     return nx_natural_cmp(((const named_id *)a)->name, ((const named_id *)b)->name);
 }
 
-static int suffix_id(const char *sfx)
+static int suffix_id(const vctx *v, const char *sfx)
 {
     for (int i = 0; i < SFX_OTHER; i++)
-        if (strcmp(sfx, sfx_name(i)) == 0)
+        if (sfx_name(v, i) && strcmp(sfx, sfx_name(v, i)) == 0)
             return i;
     return SFX_OTHER;
 }
@@ -415,7 +416,7 @@ static int prefixes_collect(vctx *v, nx_strmap *seen, named_id *ids, nx_err *e)
         const char *dot = strrchr(t->st->name, '.');
         if (dot == NULL)
             continue;
-        t->sfx = suffix_id(dot + 1);
+        t->sfx = suffix_id(v, dot + 1);
         char *prefix = strndup(t->st->name, (size_t)(dot - t->st->name));
         NX_ALLOC_CHECK(prefix, e, "module name");
         int put = nx_strmap_put(seen, prefix, v->n_mod);
@@ -431,8 +432,12 @@ static int prefixes_collect(vctx *v, nx_strmap *seen, named_id *ids, nx_err *e)
     return NX_OK;
 }
 
+/* Quantized: packed codes (compressed-tensors weight_packed, or a U8 weight) or any scale of
+ * quantization; excluded: a 2-D weight in another dtype. */
 static int module_status(const vctx *v, const module *m)
 {
+    if (m->t[SFX_PACKED] >= 0)
+        return MOD_QUANT;
     if (m->t[SFX_WEIGHT] >= 0) {
         const nx_st_tensor *w = v->c.t[m->t[SFX_WEIGHT]].st;
         if (w->dtype == NX_DT_U8)
@@ -497,10 +502,11 @@ static int modules_build(vctx *v, nx_err *e)
 
 /* ---- Config loading ----------------------------------------------------------------------- */
 
-static int xlist_from(xlist *l, const cJSON *arr, const char *label, nx_err *e)
+static int xlist_from(const vctx *v, xlist *l, const cJSON *arr, const char *label, nx_err *e)
 {
     const cJSON *x;
     l->label = label;
+    l->exact = v->fmt == FMT_CT;
     l->pats = malloc((size_t)(cJSON_GetArraySize(arr) + 1) * sizeof *l->pats);
     NX_ALLOC_CHECK(l->pats, e, "exclude list");
     cJSON_ArrayForEach(x, arr)
@@ -537,19 +543,31 @@ static int xlists_build(vctx *v, nx_err *e)
                !nx_verify_set_missing(qc_list, hq_list, &oom);
     NX_ERROR_IF(oom, e, NX_EIO, "out of memory comparing exclude lists");
     if (cJSON_IsArray(hq_list))
-        NX_TRY(xlist_from(&v->lists[v->n_lists++], hq_list,
+        NX_TRY(xlist_from(v, &v->lists[v->n_lists++], hq_list,
                           same ? "" : " (" HQ_FILE " exclude_modules)", e));
     if (cJSON_IsArray(qc_list) && !same)
-        NX_TRY(xlist_from(&v->lists[v->n_lists++], qc_list,
+        NX_TRY(xlist_from(v, &v->lists[v->n_lists++], qc_list,
                           cJSON_IsArray(hq_list) ? " (config.json ignore)" : "", e));
     return NX_OK;
 }
 
-static void settings_derive(vctx *v)
+/* Weight-only: ModelOpt names the algorithm W4A16_NVFP4, compressed-tensors has no
+ * input_activations scheme. */
+static int weight_only_derive(const vctx *v)
 {
+    if (v->fmt == FMT_CT) {
+        const cJSON *ia = jget(jget(jget(v->qc, "config_groups"), "group_0"),
+                               "input_activations");
+        return ia == NULL || cJSON_IsNull(ia);
+    }
     const char *algo = jstr(v->hqq, "quant_algo");
     algo = algo ? algo : jstr(v->qc, "quant_algo");
-    v->weight_only = str_eq(algo, "W4A16_NVFP4");
+    return str_eq(algo, "W4A16_NVFP4");
+}
+
+static void settings_derive(vctx *v)
+{
+    v->weight_only = weight_only_derive(v);
     if (v->hqq)
         v->kv_fp8 = str_eq(jstr(v->hqq, "kv_cache_quant_algo"), "FP8");
     else
@@ -565,6 +583,13 @@ static int hq_load(vctx *v, nx_err *e)
 {
     int exists = 0;
     NX_TRY(file_exists(v->o->dir, HQ_FILE, e, &exists));
+    if (v->fmt == FMT_CT) { /* not read: it would describe another layout */
+        if (exists)
+            nx_violation(v, "C1", HQ_FILE, "present in a compressed-tensors checkpoint: "
+                         "TensorRT-LLM reads it first and would load the checkpoint as ModelOpt's "
+                         "layout");
+        return NX_OK;
+    }
     if (exists) {
         NX_TRY(json_file_read(v->o->dir, HQ_FILE, &v->hq, e));
         if (v->hq == NULL || !cJSON_IsObject(v->hq))
@@ -587,6 +612,8 @@ static int configs_load(vctx *v, nx_err *e)
     v->qc = jget(v->config, "quantization_config");
     if (!cJSON_IsObject(v->qc))
         v->qc = NULL;
+    v->fmt = str_eq(jstr(v->qc, "quant_method"), "compressed-tensors") ? FMT_CT : FMT_MODELOPT;
+    v->sfx_codes = v->fmt == FMT_CT ? SFX_PACKED : SFX_WEIGHT;
     NX_TRY(hq_load(v, e));
     if (!cJSON_IsObject(v->hqq))
         v->hqq = NULL;
@@ -612,7 +639,7 @@ static uint64_t module_bytes(const vctx *v, const module *m)
     if (v->o->model == NULL)
         return b;
     snprintf(name, sizeof name, "%s.weight", m->name);
-    return b + tensor_bytes(&v->c, m->t[SFX_WEIGHT]) +
+    return b + tensor_bytes(&v->c, m->t[v->sfx_codes]) +
            tensor_bytes(&v->src, tensor_find(&v->src, name));
 }
 
@@ -700,6 +727,24 @@ static int modules_share(vctx *v, nx_err *e)
 
 /* ---- Driver ------------------------------------------------------------------------------- */
 
+/* The source model's shards, and how its FP8 weights are scaled (its config.json, when it has
+ * one: only FP8 releases need it). */
+static int source_load(vctx *v, nx_err *e)
+{
+    cJSON *config = NULL;
+    int exists = 0;
+    NX_TRY(catalog_load(NULL, &v->src, v->o->model, e));
+    NX_TRY(file_exists(v->o->model, "config.json", e, &exists));
+    if (exists)
+        NX_TRY(json_file_read(v->o->model, "config.json", &config, e));
+    int rc = !exists || cJSON_IsObject(config) ? NX_OK
+             : nx_err_set(e, NX_EINPUT, "%s/config.json: not a JSON object", v->o->model);
+    if (rc == NX_OK)
+        rc = nx_verify_source_link(v, jget(config, "quantization_config"), e);
+    cJSON_Delete(config);
+    return rc;
+}
+
 /* Every rank loads the metadata; rank 0 records what loading finds (C1, C2, I2). */
 static int vctx_load(vctx *v, nx_err *e)
 {
@@ -713,7 +758,7 @@ static int vctx_load(vctx *v, nx_err *e)
     if (rc == NX_OK)
         rc = modules_build(v, e);
     if (rc == NX_OK && v->o->model)
-        rc = catalog_load(NULL, &v->src, v->o->model, e);
+        rc = source_load(v, e);
     if (rc == NX_OK)
         rc = owners_assign(v, e);
     v->r->n_tensors = v->c.n;
@@ -809,6 +854,8 @@ static void vctx_free(vctx *v)
         free(v->lists[i].pats);
     catalog_free(&v->c);
     catalog_free(&v->src);
+    free(v->src_scale_inv);
+    free(v->src_consumed);
     cJSON_Delete(v->config);
     cJSON_Delete(v->hq);
     free(v->mod_owner);

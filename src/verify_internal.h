@@ -50,15 +50,29 @@ typedef struct catalog {
 
 /* ---- Modules: tensors grouped by prefix --------------------------------------------------- */
 
-enum { SFX_WEIGHT, SFX_WEIGHT_SCALE, SFX_WEIGHT_SCALE_2, SFX_INPUT_SCALE, SFX_BIAS,
-       SFX_K_SCALE, SFX_V_SCALE, SFX_OTHER };
+/* The two layouts verify reads: ModelOpt's unified one, and llm-compressor's
+ * nvfp4-pack-quantized (config.json quantization_config.quant_method "compressed-tensors"),
+ * which stores the same codes and block scales under other names, the reciprocals of the two
+ * per-tensor scales as F32 [1], and KV scales on the attention module. */
+enum { FMT_MODELOPT, FMT_CT };
 
-static inline const char *sfx_name(int sfx)
+/* Tensor roles by the last name component. SFX_WEIGHT_SCALE_2 and SFX_INPUT_SCALE are the
+ * per-tensor scales under either format's name (compressed-tensors: weight_global_scale and
+ * input_global_scale); SFX_PACKED (weight_packed) exists only in compressed-tensors, where a
+ * plain weight belongs to an unquantized module. */
+enum { SFX_WEIGHT, SFX_WEIGHT_SCALE, SFX_WEIGHT_SCALE_2, SFX_INPUT_SCALE, SFX_BIAS,
+       SFX_K_SCALE, SFX_V_SCALE, SFX_PACKED, SFX_OTHER };
+
+/* The suffix of a role in a format; NULL for a role the format lacks. */
+static inline const char *sfx_name_in(int fmt, int sfx)
 {
-    static const char *const names[SFX_OTHER] = { "weight", "weight_scale", "weight_scale_2",
-                                                  "input_scale", "bias", "k_scale",
-                                                  "v_scale" };
-    return names[sfx];
+    static const char *const names[2][SFX_OTHER] = {
+        [FMT_MODELOPT] = { "weight", "weight_scale", "weight_scale_2", "input_scale", "bias",
+                           "k_scale", "v_scale", NULL },
+        [FMT_CT] = { "weight", "weight_scale", "weight_global_scale", "input_global_scale",
+                     "bias", "k_scale", "v_scale", "weight_packed" },
+    };
+    return names[fmt][sfx];
 }
 
 enum { MOD_NONE, MOD_QUANT, MOD_EXCL };
@@ -78,6 +92,7 @@ typedef struct xlist {
     const char *label; /* "" when both files agree, else which file */
     const char **pats;
     int n;
+    int exact;         /* compressed-tensors: entries name modules exactly, not by glob */
 } xlist;
 
 /* ---- Violations: printed in (phase, item, seq) order, the same for any -np ---------------- */
@@ -100,12 +115,17 @@ typedef struct vctx {
     cJSON *config, *hq;
     const cJSON *qc;  /* config.json quantization_config */
     const cJSON *hqq; /* hf_quant_config.json quantization */
+    int fmt;          /* FMT_MODELOPT or FMT_CT, from config.json */
+    int sfx_codes;    /* the role holding the packed codes: SFX_WEIGHT or SFX_PACKED */
     int weight_only, kv_fp8;
     int64_t n_layers; /* num_hidden_layers: layers at or above it are MTP */
     xlist lists[2];
     int n_lists;
     catalog c;
     catalog src;      /* the source model, with --model */
+    int64_t src_block[2];   /* FP8 block-scaled source: weight_block_size, else 0 */
+    int64_t *src_scale_inv; /* per source tensor: its weight_scale_inv tensor, else -1 */
+    uint8_t *src_consumed;  /* per source tensor: a weight_scale_inv, read with its weight */
     module *m;
     int64_t n_mod;
     nx_strmap mod_names;
@@ -119,6 +139,38 @@ typedef struct vctx {
     nx_report_entry *entries; /* statistics of the modules this rank checked (--model) */
     int64_t n_entries, cap_entries;
 } vctx;
+
+/* ---- Format-dependent names and layouts ---------------------------------------------------- */
+
+static inline const char *sfx_name(const vctx *v, int sfx)
+{
+    return sfx_name_in(v->fmt, sfx);
+}
+
+/* The i-th (0..3) tensor every quantized module has: codes, block scales, the two scalars. */
+static inline int quant_sfx(const vctx *v, int i)
+{
+    return i == 0 ? v->sfx_codes : SFX_WEIGHT_SCALE + i - 1;
+}
+
+static inline int is_quant_sfx(const vctx *v, int sfx)
+{
+    return sfx == v->sfx_codes || sfx == SFX_WEIGHT_SCALE || sfx == SFX_WEIGHT_SCALE_2 ||
+           sfx == SFX_INPUT_SCALE;
+}
+
+/* Per-tensor scales: F32 [] in ModelOpt's layout, F32 [1] in compressed-tensors. */
+static inline int is_scale_scalar(const vctx *v, const nx_st_tensor *t)
+{
+    if (t->dtype != NX_DT_F32)
+        return 0;
+    return v->fmt == FMT_CT ? t->ndim == 1 && t->shape[0] == 1 : t->ndim == 0;
+}
+
+static inline const char *scale_scalar_text(const vctx *v)
+{
+    return v->fmt == FMT_CT ? "F32 [1]" : "F32 []";
+}
 
 /* ---- src/verify.c ------------------------------------------------------------------------- */
 
@@ -150,9 +202,13 @@ int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
 
 /* ---- src/verify_source.c ------------------------------------------------------------------ */
 
+/* Pairs each source X.weight_scale_inv with X.weight (DeepSeek/Kimi FP8 releases); qc is the
+ * source's quantization_config or NULL. NX_EINPUT for a pairing the exporter refuses too. */
+int nx_verify_source_link(vctx *v, const cJSON *qc, nx_err *e);
 /* Bytes read to compare checkpoint tensor ti with its source copy (0: nothing to read). */
 uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti);
-/* T2: tensor ti, unless made by quantization, is the source tensor byte for byte. */
+/* T2: tensor ti, unless made by quantization, is the source tensor byte for byte (an FP8
+ * block-scaled source weight: its BF16 dequantization). */
 int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
 /* T2 and X of quantized module k; its statistics into v->entries. */
 int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);

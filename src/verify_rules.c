@@ -1,7 +1,8 @@
 /* nvfp4x verify, the rules of CONSUMERS.md: configs (C), index (I), tensors (T), routed
  * experts (M), exclude lists (E) and KV-cache scales (K), from the catalog and modules that
- * src/verify.c loaded. Each check records violations (nx_violation), never returns them as
- * errors. */
+ * src/verify.c loaded. The same rules hold in compressed-tensors' layout, with its names and
+ * forms (sfx_name, is_scale_scalar) and its own config (check_ct). Each check records
+ * violations (nx_violation), never returns them as errors. */
 #include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
@@ -33,11 +34,6 @@ static const char *leaf_of(const char *name)
 {
     const char *dot = strrchr(name, '.');
     return dot ? dot + 1 : name;
-}
-
-static int is_f32_scalar(const nx_st_tensor *t)
-{
-    return t->dtype == NX_DT_F32 && t->ndim == 0;
 }
 
 static int read_f32_scalar(catalog *c, int64_t ti, uint32_t *bits, nx_err *e)
@@ -178,6 +174,13 @@ static int string_array(const cJSON *a)
     return 1;
 }
 
+static int targets_linear(const cJSON *targets)
+{
+    return cJSON_IsArray(targets) && cJSON_GetArraySize(targets) == 1 &&
+           cJSON_IsString(cJSON_GetArrayItem(targets, 0)) &&
+           strcmp(cJSON_GetArrayItem(targets, 0)->valuestring, "Linear") == 0;
+}
+
 static void check_c2(vctx *v)
 {
     static const char *const keys[] = { "quant_algo", "kv_cache_quant_algo", "group_size",
@@ -241,10 +244,7 @@ static void check_c3_group(vctx *v, const cJSON *g)
         nx_violation(v, "C3", "config.json",
                      "config_groups.group_0.input_activations.%s is not as NVFP4 requires "
                      "{dynamic: false, num_bits: 4, type: \"float\", group_size: 16}", bad);
-    const cJSON *targets = jget(g, "targets");
-    if (!cJSON_IsArray(targets) || cJSON_GetArraySize(targets) != 1 ||
-        !cJSON_IsString(cJSON_GetArrayItem(targets, 0)) ||
-        strcmp(cJSON_GetArrayItem(targets, 0)->valuestring, "Linear") != 0)
+    if (!targets_linear(jget(g, "targets")))
         nx_violation(v, "C3", "config.json", "config_groups.group_0.targets is not [\"Linear\"]");
 }
 
@@ -278,8 +278,78 @@ static void check_c3(vctx *v)
         nx_violation(v, "C3", "config.json", "quantization_config.producer is missing");
 }
 
+/* ---- C3 for compressed-tensors (its C1, a stray hf_quant_config.json, is found at loading) -- */
+
+/* The first field of a compressed-tensors quantization args object that is not as
+ * nvfp4-pack-quantized requires, or NULL. dynamic: NULL for false, else the string required. */
+static const char *ct_args_mismatch(const cJSON *a, int num_bits, const char *strategy,
+                                    int with_group, const char *dynamic)
+{
+    if (!cJSON_IsObject(a))
+        return "(the object)";
+    if (!jnum_is(a, "num_bits", num_bits))
+        return "num_bits";
+    if (!str_eq(jstr(a, "type"), "float"))
+        return "type";
+    if (!str_eq(jstr(a, "strategy"), strategy))
+        return "strategy";
+    if (with_group && !jnum_is(a, "group_size", 16))
+        return "group_size";
+    if (!cJSON_IsTrue(jget(a, "symmetric")))
+        return "symmetric";
+    if (dynamic ? !str_eq(jstr(a, "dynamic"), dynamic) : !cJSON_IsFalse(jget(a, "dynamic")))
+        return "dynamic";
+    return NULL;
+}
+
+static void check_ct_group(vctx *v, const cJSON *g)
+{
+    const char *bad;
+    if (!cJSON_IsObject(g)) {
+        nx_violation(v, "C3", "config.json",
+                     "quantization_config.config_groups.group_0 is missing");
+        return;
+    }
+    if (!targets_linear(jget(g, "targets")))
+        nx_violation(v, "C3", "config.json", "config_groups.group_0.targets is not [\"Linear\"]");
+    if ((bad = ct_args_mismatch(jget(g, "weights"), 4, "tensor_group", 1, NULL)))
+        nx_violation(v, "C3", "config.json", "config_groups.group_0.weights.%s is not as "
+                     "nvfp4-pack-quantized requires {num_bits: 4, type: \"float\", strategy: "
+                     "\"tensor_group\", group_size: 16, symmetric: true, dynamic: false}", bad);
+    const cJSON *ia = jget(g, "input_activations");
+    if (ia && !cJSON_IsNull(ia) && (bad = ct_args_mismatch(ia, 4, "tensor_group", 1, "local")))
+        nx_violation(v, "C3", "config.json", "config_groups.group_0.input_activations.%s is not "
+                     "as nvfp4-pack-quantized requires {num_bits: 4, type: \"float\", strategy: "
+                     "\"tensor_group\", group_size: 16, symmetric: true, dynamic: \"local\"} "
+                     "(or null for weight-only)", bad);
+}
+
+static void check_ct(vctx *v)
+{
+    static const struct { const char *key, *want; } fixed[] = {
+        { "format", "nvfp4-pack-quantized" }, { "quantization_status", "compressed" } };
+    const cJSON *qc = v->qc, *kv = jget(qc, "kv_cache_scheme");
+    const char *bad;
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        if (!str_eq(jstr(qc, fixed[i].key), fixed[i].want))
+            nx_violation(v, "C3", "config.json", "quantization_config.%s is %s, not \"%s\"",
+                         fixed[i].key, str_or(jstr(qc, fixed[i].key)), fixed[i].want);
+    if (!string_array(jget(qc, "ignore")))
+        nx_violation(v, "C3", "config.json",
+                     "quantization_config.ignore is not an array of strings");
+    check_ct_group(v, jget(jget(qc, "config_groups"), "group_0"));
+    if (kv && !cJSON_IsNull(kv) && (bad = ct_args_mismatch(kv, 8, "tensor", 0, NULL)))
+        nx_violation(v, "C3", "config.json", "quantization_config.kv_cache_scheme.%s is not as "
+                     "FP8 KV requires {num_bits: 8, type: \"float\", strategy: \"tensor\", "
+                     "dynamic: false, symmetric: true} (or null)", bad);
+}
+
 int nx_verify_check_configs(vctx *v, nx_err *e)
 {
+    if (v->fmt == FMT_CT) {
+        check_ct(v);
+        return NX_OK;
+    }
     NX_TRY(check_c1(v, e));
     check_c2(v);
     check_c3(v);
@@ -385,10 +455,10 @@ int nx_verify_check_index(vctx *v, nx_err *e)
 
 static void t1_missing(vctx *v, const module *m, int sfx)
 {
-    nx_violation(v, "T1", m->name, "no %s.%s", m->name, sfx_name(sfx));
+    nx_violation(v, "T1", m->name, "no %s.%s", m->name, sfx_name(v, sfx));
 }
 
-/* A quantized module's F32 [] scalar: T1 for its layout, T3 for its value. */
+/* A quantized module's per-tensor scale: T1 for its layout, T3 for its value. */
 static int scalar_check(vctx *v, const module *m, int sfx, int *ok, uint32_t *bits, nx_err *e)
 {
     const nx_st_tensor *t = mod_tensor(v, m, sfx);
@@ -396,33 +466,48 @@ static int scalar_check(vctx *v, const module *m, int sfx, int *ok, uint32_t *bi
     *ok = 0;
     if (t == NULL)
         return NX_OK;
-    if (!is_f32_scalar(t)) {
+    if (!is_scale_scalar(v, t)) {
         nx_verify_shape_text(t, shape, sizeof shape);
-        nx_violation(v, "T1", m->name, "%s is %s, expected F32 []", sfx_name(sfx), shape);
+        nx_violation(v, "T1", m->name, "%s is %s, expected %s", sfx_name(v, sfx), shape,
+                     scale_scalar_text(v));
         return NX_OK;
     }
     NX_TRY(read_f32_scalar(&v->c, m->t[sfx], bits, e));
     float f = nx_f32_from_bits(*bits);
     if (!isfinite(f) || !(f > 0.0f))
-        nx_violation(v, "T3", m->name, "%s is %g, not finite and > 0", sfx_name(sfx), (double)f);
+        nx_violation(v, "T3", m->name, "%s is %g, not finite and > 0", sfx_name(v, sfx),
+                     (double)f);
     *ok = 1;
     return NX_OK;
 }
 
-/* T1 and T2 of weight and weight_scale; sets rows and in when both are usable. */
-static int weight_layout_check(vctx *v, module *m)
+/* T1 of the codes (weight, or compressed-tensors weight_packed); sets rows and in. */
+static int codes_layout_check(vctx *v, module *m)
 {
-    const nx_st_tensor *w = mod_tensor(v, m, SFX_WEIGHT), *s = mod_tensor(v, m, SFX_WEIGHT_SCALE);
+    const nx_st_tensor *w = mod_tensor(v, m, v->sfx_codes);
     char shape[128];
-    if (w == NULL || w->ndim != 2) {
-        if (w)
-            nx_verify_shape_text(w, shape, sizeof shape);
-        nx_violation(v, "T1", m->name, w ? "weight is %s, expected U8 [out, in/2]" : "no %s.weight",
-                     w ? shape : m->name);
+    if (w == NULL) {
+        t1_missing(v, m, v->sfx_codes);
+        return 0;
+    }
+    if (w->dtype != NX_DT_U8 || w->ndim != 2) {
+        nx_verify_shape_text(w, shape, sizeof shape);
+        nx_violation(v, "T1", m->name, "%s is %s, expected U8 [out, in/2]",
+                     sfx_name(v, v->sfx_codes), shape);
         return 0;
     }
     m->rows = w->shape[0];
     m->in = 2 * w->shape[1];
+    return 1;
+}
+
+/* T1 and T2 of the codes and weight_scale; sets rows and in when both are usable. */
+static int weight_layout_check(vctx *v, module *m)
+{
+    const nx_st_tensor *s = mod_tensor(v, m, SFX_WEIGHT_SCALE);
+    char shape[128];
+    if (!codes_layout_check(v, m))
+        return 0;
     int ok = m->in > 0 && m->in % 16 == 0;
     if (!ok)
         nx_violation(v, "T2", m->name, "in_features %lld is not a positive multiple of 16",
@@ -438,9 +523,9 @@ static int weight_layout_check(vctx *v, module *m)
         return 0;
     }
     if (s->shape[1] * 16 != m->in) {
-        nx_violation(v, "T2", m->name, "weight_scale has %lld columns for in_features %lld (weight "
+        nx_violation(v, "T2", m->name, "weight_scale has %lld columns for in_features %lld (%s "
                      "U8 [%lld, %lld]), expected in/16", (long long)s->shape[1], (long long)m->in,
-                     (long long)m->rows, (long long)(m->in / 2));
+                     sfx_name(v, v->sfx_codes), (long long)m->rows, (long long)(m->in / 2));
         return 0;
     }
     return ok;
@@ -477,7 +562,7 @@ static int block_scales_check(vctx *v, const module *m, nx_err *e)
 
 static void bias_check(vctx *v, const module *m)
 {
-    const nx_st_tensor *b = mod_tensor(v, m, SFX_BIAS), *w = mod_tensor(v, m, SFX_WEIGHT);
+    const nx_st_tensor *b = mod_tensor(v, m, SFX_BIAS), *w = mod_tensor(v, m, v->sfx_codes);
     char shape[128];
     if (b == NULL)
         return;
@@ -495,7 +580,9 @@ int nx_verify_check_module(vctx *v, module *m, nx_err *e)
         t1_missing(v, m, SFX_WEIGHT_SCALE_2);
     NX_TRY(scalar_check(v, m, SFX_WEIGHT_SCALE_2, &m->ws2_ok, &m->ws2_bits, e));
     if (v->weight_only && m->t[SFX_INPUT_SCALE] >= 0)
-        nx_violation(v, "T1", m->name, "has input_scale in a weight-only (W4A16_NVFP4) checkpoint");
+        nx_violation(v, "T1", m->name, "has %s in a weight-only checkpoint (%s)",
+                     sfx_name(v, SFX_INPUT_SCALE), v->fmt == FMT_CT ?
+                     "input_activations is null" : "W4A16_NVFP4");
     if (!v->weight_only && m->t[SFX_INPUT_SCALE] < 0)
         t1_missing(v, m, SFX_INPUT_SCALE);
     NX_TRY(scalar_check(v, m, SFX_INPUT_SCALE, &m->is_ok, &m->is_bits, e));
@@ -506,12 +593,12 @@ int nx_verify_check_module(vctx *v, module *m, nx_err *e)
 }
 
 /* Whether tensor t may sit in module m given its status (T1 for quantized, T4 otherwise). */
-static int tensor_allowed(const module *m, const tensor_ref *t)
+static int tensor_allowed(const vctx *v, const module *m, const tensor_ref *t)
 {
     if (t->sfx == SFX_K_SCALE || t->sfx == SFX_V_SCALE)
         return 1; /* KV scales: engines remap them; K1 checks where they must be */
     if (m->status == MOD_QUANT)
-        return t->sfx != SFX_OTHER;
+        return is_quant_sfx(v, t->sfx) || t->sfx == SFX_BIAS;
     if (t->sfx == SFX_WEIGHT_SCALE || t->sfx == SFX_WEIGHT_SCALE_2 || t->sfx == SFX_INPUT_SCALE)
         return 0;
     return t->sfx != SFX_OTHER || strstr(leaf_of(t->st->name), "scale") == NULL;
@@ -523,9 +610,9 @@ static int kv_scale_check(vctx *v, int64_t ti, nx_err *e)
     const nx_st_tensor *t = v->c.t[ti].st;
     char shape[128];
     uint32_t bits;
-    if (!is_f32_scalar(t)) {
+    if (!is_scale_scalar(v, t)) {
         nx_verify_shape_text(t, shape, sizeof shape);
-        nx_violation(v, "K1", t->name, "is %s, expected F32 []", shape);
+        nx_violation(v, "K1", t->name, "is %s, expected %s", shape, scale_scalar_text(v));
         return NX_OK;
     }
     NX_TRY(read_f32_scalar(&v->c, ti, &bits, e));
@@ -542,11 +629,12 @@ int nx_verify_check_tensors(vctx *v, nx_err *e)
         if (t->module < 0)
             continue;
         const module *m = &v->m[t->module];
-        if (!tensor_allowed(m, t) && m->status == MOD_QUANT)
+        if (!tensor_allowed(v, m, t) && m->status == MOD_QUANT)
             nx_violation(v, "T1", t->st->name,
-                         "unexpected tensor in quantized module %s (only weight, weight_scale, "
-                         "weight_scale_2, input_scale, bias)", m->name);
-        else if (!tensor_allowed(m, t))
+                         "unexpected tensor in quantized module %s (only %s, %s, %s, %s, bias)",
+                         m->name, sfx_name(v, quant_sfx(v, 0)), sfx_name(v, quant_sfx(v, 1)),
+                         sfx_name(v, quant_sfx(v, 2)), sfx_name(v, quant_sfx(v, 3)));
+        else if (!tensor_allowed(v, m, t))
             nx_violation(v, "T4", t->st->name,
                          "scale tensor on %s, which is not quantized (engines fail to load it)",
                          m->name);
@@ -607,10 +695,12 @@ static void fused_pair_check(vctx *v, const module *a, const module *b)
         return;
     }
     if (a->ws2_ok && b->ws2_ok && a->ws2_bits != b->ws2_bits)
-        nx_violation(v, "T5", b->name, "weight_scale_2 differs from %s (%.9g vs %.9g)", a->name,
+        nx_violation(v, "T5", b->name, "%s differs from %s (%.9g vs %.9g)",
+                     sfx_name(v, SFX_WEIGHT_SCALE_2), a->name,
                      (double)nx_f32_from_bits(b->ws2_bits), (double)nx_f32_from_bits(a->ws2_bits));
     if (a->is_ok && b->is_ok && a->is_bits != b->is_bits)
-        nx_violation(v, "T5", b->name, "input_scale differs from %s (%.9g vs %.9g)", a->name,
+        nx_violation(v, "T5", b->name, "%s differs from %s (%.9g vs %.9g)",
+                     sfx_name(v, SFX_INPUT_SCALE), a->name,
                      (double)nx_f32_from_bits(b->is_bits), (double)nx_f32_from_bits(a->is_bits));
 }
 
@@ -730,10 +820,12 @@ static void m1_check(vctx *v, const char *layer, const expert_rec *r, int64_t n)
     }
     for (int64_t k = 0; k < n; k++) {
         const module *m = &v->m[r[k].module];
-        for (int s = SFX_WEIGHT; m->status == MOD_QUANT && s <= SFX_INPUT_SCALE; s++)
+        for (int i = 0; m->status == MOD_QUANT && i < 4; i++) {
+            int s = quant_sfx(v, i);
             if (m->t[s] < 0 && !(s == SFX_INPUT_SCALE && v->weight_only))
                 nx_violation(v, "M1", m->name, "quantized expert has no %s (engines divide by "
-                             "zero for tokens routed here)", sfx_name(s));
+                             "zero for tokens routed here)", sfx_name(v, s));
+        }
     }
 }
 
@@ -786,8 +878,9 @@ static int m2_check(vctx *v, const char *layer, const expert_rec *r, int64_t n, 
             const module *m = &v->m[r[i].module], *ref = &v->m[r[best].module];
             if (m->is_ok && expert_projs[r[i].proj].down == down && m->is_bits != ref->is_bits)
                 nx_violation(v, "M2", m->name,
-                             "input_scale %.9g differs from %.9g of %s (one value per %s "
-                             "projections of %s)", (double)nx_f32_from_bits(m->is_bits),
+                             "%s %.9g differs from %.9g of %s (one value per %s projections of "
+                             "%s)", sfx_name(v, SFX_INPUT_SCALE),
+                             (double)nx_f32_from_bits(m->is_bits),
                              (double)nx_f32_from_bits(ref->is_bits), ref->name,
                              down ? "down" : "gate/up", layer);
         }
@@ -866,11 +959,12 @@ static int has_wildcard(const char *p)
     return strpbrk(p, "*?[") != NULL;
 }
 
-/* Engines find excluded modules by glob (TensorRT-LLM, ModelOpt) or exact name. */
+/* Engines find excluded modules by glob (TensorRT-LLM, ModelOpt) or exact name; the
+ * compressed-tensors ignore list is required to name each one exactly. */
 static int xlist_covers(const xlist *l, const char *name)
 {
     for (int i = 0; i < l->n; i++)
-        if (nx_glob_match(l->pats[i], name))
+        if (l->exact ? strcmp(l->pats[i], name) == 0 : nx_glob_match(l->pats[i], name))
             return 1;
     return 0;
 }
@@ -901,8 +995,8 @@ static void listing_check(vctx *v, const module *m, int kind, const xlist *l)
                                         [KIND_SPECIAL] = "E2" };
     const char *hit;
     if (m->status == MOD_EXCL && !xlist_covers(l, m->name))
-        nx_violation(v, rule[kind], m->name,
-                     "excluded but matched by no exclude entry%s", l->label);
+        nx_violation(v, rule[kind], m->name, "excluded but %s%s", l->exact ?
+                     "not named exactly in ignore" : "matched by no exclude entry", l->label);
     if (m->status == MOD_QUANT && (hit = xlist_hits(l, m->name)))
         nx_violation(v, "E1", m->name, "quantized but exclude entry '%s'%s matches it%s", hit,
                      l->label, nx_glob_match(hit, m->name) ? "" : " (vLLM matches by substring)");
@@ -929,14 +1023,18 @@ int nx_verify_check_exclusion(vctx *v, nx_err *e)
 
 /* ---- K1: KV cache scales ------------------------------------------------------------------ */
 
+/* ModelOpt keeps the KV scales on k_proj/v_proj, compressed-tensors on the attention. */
 static void kv_attention_check(vctx *v, const char *attn)
 {
-    static const char *const need[] = { "k_proj.k_scale", "v_proj.v_scale" };
+    static const char *const need[2][2] = { [FMT_MODELOPT] = { "k_proj.k_scale",
+                                                               "v_proj.v_scale" },
+                                            [FMT_CT] = { "k_scale", "v_scale" } };
     for (int i = 0; i < 2; i++) {
-        char *name = nx_asprintf("%s.%s", attn, need[i]);
+        char *name = nx_asprintf("%s.%s", attn, need[v->fmt][i]);
         if (name && tensor_find(&v->c, name) < 0)
-            nx_violation(v, "K1", attn, "no %s although kv_cache_quant_algo is FP8 (engines would "
-                         "use 1.0)", need[i]);
+            nx_violation(v, "K1", attn, "no %s although %s (engines would use 1.0)",
+                         need[v->fmt][i], v->fmt == FMT_CT ? "kv_cache_scheme is set"
+                                                           : "kv_cache_quant_algo is FP8");
         free(name);
     }
 }

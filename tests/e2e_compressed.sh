@@ -2,10 +2,9 @@
 # --format compressed-tensors (llm-compressor's nvfp4-pack-quantized) for Qwen3-MoE, DeepSeek-V3
 # and Mixtral: equals the numpy reference in that format (names, values, quantization_config,
 # no hf_quant_config.json), matches the ModelOpt-format export of the same inputs tensor for
-# tensor, is byte-identical for -np 1, 2 and 3, and passes verify.
+# tensor, is byte-identical for -np 1, 2 and 3, and passes verify, with and without the source.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir compressed)
-NX_SKIPS=0
 
 ref_equal() { # ref_equal FAMILY OUT FORMAT [ARGS...]
     local fam=$1 out=$2 format=$3
@@ -118,24 +117,13 @@ sys.exit(1 if bad else 0)
 EOF
 }
 
-# verify is being taught compressed-tensors: until then, violations of the ModelOpt-only rules
-# (C1/C2/C3 config, T1 tensor names) or any complaint about quant_method are a known gap.
-verify_ct() { # verify_ct NAME OUT
-    local name=$1 out=$2 log rc=0
-    # Violations go to stdout, the summary to stderr: kept apart so that lines stay whole.
-    log=$("$NX_BIN" verify "$out" 2>"$W/verify.err") || rc=$?
-    printf '%s\n' "$log"
-    cat "$W/verify.err"
-    if [ "$rc" -eq 0 ]; then
-        check "$name" true
-    elif [ "$rc" -eq 1 ] && { grep -q quant_method <<<"$log" ||
-            ! grep -qvE '^(C1|C2|C3|T1) ' <<<"$log"; }; then
-        echo "skip $name: verify does not understand compressed-tensors yet (rules:" \
-            "$(awk '{print $1}' <<<"$log" | sort | uniq -c | awk '{printf " %s x%s", $2, $1}'))"
-        NX_SKIPS=$((NX_SKIPS + 1))
-    else
-        check "$name (exit $rc)" false
-    fi
+verify_clean() { # verify_clean OUT [--model SRC]: no violation, exit 0
+    "$NX_BIN" verify "$@"
+}
+
+verify_ct() { # verify_ct NAME OUT SRC: the consumer rules, then exactness against the source
+    check "$1" verify_clean "$2"
+    check "$1 --model" verify_clean "$2" --model "$3"
 }
 
 for fam in qwen3moe deepseek mixtral; do
@@ -151,7 +139,7 @@ for fam in qwen3moe deepseek mixtral; do
         check "$fam/$mode equals numpy reference (compressed-tensors)" \
             ref_equal "$fam" "$ct" compressed-tensors --numerics "$mode"
         check "$fam/$mode tensor for tensor as the ModelOpt export" same_as_modelopt "$mo" "$ct"
-        verify_ct "$fam/$mode verify" "$ct"
+        verify_ct "$fam/$mode verify" "$ct" "$W/$fam"
     done
     check "$fam modelopt reference refuses the compressed-tensors output" \
         ref_differs "$fam" "$W/$fam-ct-gpu" modelopt
@@ -162,8 +150,12 @@ for fam in qwen3moe deepseek mixtral; do
         check "$fam np=$np export compressed-tensors, small shards" nx "$np" export --quiet \
             --model "$W/$fam" --calib "$W/$fam.h5" --output "$W/$fam-ct-np$np" \
             --format compressed-tensors --max-shard-size 150KB --threads 1
+        check "$fam np=$np sharded: verify --model" verify_clean "$W/$fam-ct-np$np" \
+            --model "$W/$fam"
     done
     check "$fam np=3 identical to np=1" same_tree "$W/$fam-ct-np1" "$W/$fam-ct-np3"
+    check "$fam np=3 sharded: verify --model under mpirun -np 2" \
+        nx 2 verify "$W/$fam-ct-np3" --model "$W/$fam"
     check "$fam sharded equals numpy reference" \
         ref_equal "$fam" "$W/$fam-ct-np3" compressed-tensors
     check "$fam inputs unmodified" test "$before" = "$(tree_sums "$W/$fam"; sha256sum "$W/$fam.h5")"
@@ -181,11 +173,10 @@ policy() { # policy NAME FAMILY ARGS...
     check "$name: equals numpy reference" ref_equal "$fam" "$W/$name-ct" compressed-tensors "$@"
     check "$name: tensor for tensor as the ModelOpt export" \
         same_as_modelopt "$W/$name-mo" "$W/$name-ct"
-    verify_ct "$name: verify" "$W/$name-ct"
+    verify_ct "$name: verify" "$W/$name-ct" "$W/$fam"
 }
 policy weight-only qwen3moe --weight-only --kv-cache none
 policy exclude deepseek --exclude model.layers.1.self_attn.o_proj --exclude 'model.layers.2.mlp.experts.1.*'
 policy experts mixtral --quantize experts
 
-[ "$NX_SKIPS" -eq 0 ] || echo "$NX_SKIPS skipped (known gap: verify and compressed-tensors)"
 finish

@@ -3,7 +3,8 @@
 # checkpoint equals, file for file and byte for byte, the export of its exact BF16
 # dequantization, in both numerics modes, for -np 1 and 3, with a linear excluded by policy
 # (written as that BF16) and with --format compressed-tensors; no weight_scale_inv is written;
-# verify passes; the output equals the numpy reference computed from the BF16 twin.
+# verify passes, also against the FP8 source itself (--model, on 1 and 2 ranks); the output
+# equals the numpy reference computed from the BF16 twin.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir fp8)
 F8="$W/fp8"
@@ -78,7 +79,7 @@ no_scale_inv() { # nothing in the output names weight_scale_inv (headers, index,
     ! grep -rl weight_scale_inv "$1"
 }
 
-verify_clean() { "$NX_BIN" verify "$1"; }
+verify_clean() { "$NX_BIN" verify "$@"; } # verify_clean OUT [--model SRC]: exit 0
 
 ref_equal() { # ref_equal OUT NUMERICS [ARGS...]: numpy reference computed from the BF16 twin
     local out=$1 mode=$2
@@ -122,6 +123,7 @@ for mode in gpu cpu; do
         check "$mode np=$np FP8 export byte-identical to BF16 export" same_tree "$a" "$b"
         check "$mode np=$np no weight_scale_inv in output" no_scale_inv "$a"
         check "$mode np=$np verify" verify_clean "$a"
+        check "$mode np=$np verify --model FP8 source" verify_clean "$a" --model "$F8"
     done
     check "$mode np=1 identical to np=3" same_tree "$W/fp8-$mode-np1" "$W/fp8-$mode-np3"
     check "$mode equals numpy reference of the BF16 twin" ref_equal "$W/fp8-$mode-np3" "$mode"
@@ -140,6 +142,10 @@ check "exclude: MTP linear written as BF16" bf16_copy "$W/fp8-excl" \
 check "exclude: no weight_scale_inv" no_scale_inv "$W/fp8-excl"
 check "exclude: equals numpy reference" ref_equal "$W/fp8-excl" gpu --exclude "$EXCL"
 check "exclude: verify" verify_clean "$W/fp8-excl"
+# $EXCL and the MTP linears are compared with the dequantization of their FP8 source.
+check "exclude: verify --model FP8 source" verify_clean "$W/fp8-excl" --model "$F8"
+check "exclude: verify --model FP8 source under mpirun -np 2" \
+    nx 2 verify "$W/fp8-excl" --model "$F8"
 
 # The other output format reads the same FP8 source the same way.
 check "compressed-tensors: export FP8" nx 2 export --quiet --model "$F8" --calib "$CAL" \
@@ -148,6 +154,7 @@ check "compressed-tensors: export BF16 twin" nx 2 export --quiet --model "$BF" -
     --output "$W/bf16-ct" --format compressed-tensors --max-shard-size 150KB
 check "compressed-tensors: byte-identical" same_tree "$W/fp8-ct" "$W/bf16-ct"
 check "compressed-tensors: no weight_scale_inv" no_scale_inv "$W/fp8-ct"
+check "compressed-tensors: verify --model FP8 source" verify_clean "$W/fp8-ct" --model "$F8"
 
 # Broken FP8 sources are refused with exit 2, naming the tensor, leaving no output.
 make_bad() { # make_bad CASE DIR: a copy of the FP8 checkpoint with one defect

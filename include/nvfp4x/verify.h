@@ -1,5 +1,6 @@
 /* nvfp4x verify: the consumer rules of CONSUMERS.md on any NVFP4 checkpoint of ModelOpt's
- * unified layout, plus exactness against the source model when one is given. */
+ * unified layout or llm-compressor's nvfp4-pack-quantized (compressed-tensors), plus exactness
+ * against the source model (BF16/F16/F32 or FP8 block-scaled) when one is given. */
 #ifndef NVFP4X_VERIFY_H
 #define NVFP4X_VERIFY_H
 

@@ -77,6 +77,17 @@ static const char *quant_algo(const nx_assemble_opts *o)
     return o->weight_only ? "W4A16_NVFP4" : "NVFP4";
 }
 
+/* quant_algo, kv_cache_quant_algo and group_size: the same in both config files (C1). */
+static void add_algorithm(cJSON *obj, const nx_assemble_opts *o)
+{
+    cJSON_AddStringToObject(obj, "quant_algo", quant_algo(o));
+    if (o->kv_fp8)
+        cJSON_AddStringToObject(obj, "kv_cache_quant_algo", "FP8");
+    else
+        cJSON_AddNullToObject(obj, "kv_cache_quant_algo");
+    cJSON_AddNumberToObject(obj, "group_size", 16);
+}
+
 /* hf_quant_config.json, the nested form TensorRT-LLM reads (CONSUMERS.md C2). */
 static int write_hf_quant_config(const nx_classes *k, const nx_assemble_opts *o,
                                  const char *dir, nx_err *e)
@@ -84,12 +95,7 @@ static int write_hf_quant_config(const nx_classes *k, const nx_assemble_opts *o,
     cJSON *doc = cJSON_CreateObject();
     cJSON_AddItemToObject(doc, "producer", producer());
     cJSON *q = cJSON_AddObjectToObject(doc, "quantization");
-    cJSON_AddStringToObject(q, "quant_algo", quant_algo(o));
-    if (o->kv_fp8)
-        cJSON_AddStringToObject(q, "kv_cache_quant_algo", "FP8");
-    else
-        cJSON_AddNullToObject(q, "kv_cache_quant_algo");
-    cJSON_AddNumberToObject(q, "group_size", 16);
+    add_algorithm(q, o);
     cJSON_AddItemToObject(q, "exclude_modules", string_array(k->patterns, k->n_patterns));
     int rc = write_json(dir, "hf_quant_config.json", doc, e);
     cJSON_Delete(doc);
@@ -111,12 +117,7 @@ static cJSON *quantization_config(const nx_classes *k, const nx_assemble_opts *o
 {
     cJSON *qc = cJSON_CreateObject();
     cJSON_AddStringToObject(qc, "quant_method", "modelopt");
-    cJSON_AddStringToObject(qc, "quant_algo", quant_algo(o));
-    if (o->kv_fp8)
-        cJSON_AddStringToObject(qc, "kv_cache_quant_algo", "FP8");
-    else
-        cJSON_AddNullToObject(qc, "kv_cache_quant_algo");
-    cJSON_AddNumberToObject(qc, "group_size", 16);
+    add_algorithm(qc, o);
     cJSON_AddItemToObject(qc, "ignore", string_array(k->patterns, k->n_patterns));
     cJSON_AddItemToObject(qc, "producer", producer());
     cJSON *g0 = cJSON_AddObjectToObject(cJSON_AddObjectToObject(qc, "config_groups"), "group_0");

@@ -11,8 +11,11 @@ same_tree() { diff <(tree_sums "$1") <(tree_sums "$2"); }
 
 check "uninterrupted export" nx 3 export "${args[@]}" --output "$W/ref"
 
-# 1. Rank 1 stops after journaling 5 items (test hook); kill it with SIGKILL.
-NVFP4X_TEST_STALL_AFTER=5 "$MPIEXEC" --oversubscribe -np 3 -x NVFP4X_TEST_STALL_AFTER \
+# 1. Rank 1 stops after journaling 5 items (test hook); kill it with SIGKILL. The ranks carry a
+#    tag unique to this run so that other tests running the same binary are never touched.
+tag="resume-$$-$RANDOM"
+NVFP4X_TEST_STALL_AFTER=5 NVFP4X_TEST_TAG=$tag "$MPIEXEC" --oversubscribe -np 3 \
+    -x NVFP4X_TEST_STALL_AFTER -x NVFP4X_TEST_TAG \
     "$NX_BIN" export "${args[@]}" --output "$W/out" </dev/null 2>"$W/kill.err" &
 job=$!
 journal="$W/out.nvfp4x-staging/.nvfp4x-journal/journal.1"
@@ -20,13 +23,22 @@ for _ in $(seq 600); do
     [ -f "$journal" ] && [ "$(wc -l <"$journal")" -ge 5 ] && break
     sleep 0.1
 done
+tagged_rank() { # pid rank: true when pid is rank $2 of this run
+    tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null |
+        grep -cxE "NVFP4X_TEST_TAG=$tag|OMPI_COMM_WORLD_RANK=$2" | grep -qx 2
+}
 victim=""
 for pid in $(pgrep -f "$NX_BIN export" || true); do
-    [ "$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -c '^OMPI_COMM_WORLD_RANK=1$')" = 1 ] &&
-        victim=$pid
+    tagged_rank "$pid" 1 && victim=$pid
 done
 check "rank 1 reached the stall point" test -n "$victim"
-[ -n "$victim" ] && kill -9 "$victim"
+if [ -n "$victim" ]; then
+    kill -9 "$victim"
+else # never leave a stalled rank behind to hang the test
+    for pid in $(pgrep -f "$NX_BIN export" || true); do
+        for r in 0 1 2; do tagged_rank "$pid" $r && kill -9 "$pid"; done
+    done
+fi
 rc=0
 wait "$job" || rc=$?
 check "the job ends non-zero when a rank is killed" test "$rc" -ne 0

@@ -122,18 +122,6 @@ static int phase_plan(pipeline *pl, int nranks, nx_err *e)
     return NX_OK;
 }
 
-/* Default: twice the largest tensor, at most 1 GiB, so peak memory follows the largest
- * tensor rather than the model. */
-static uint64_t mem_budget(const pipeline *pl)
-{
-    if (pl->o->mem_budget)
-        return pl->o->mem_budget;
-    uint64_t largest = 0;
-    for (int64_t i = 0; i < pl->cat.n; i++)
-        largest = pl->cat.t[i].nbytes > largest ? pl->cat.t[i].nbytes : largest;
-    return 2 * largest < (1ULL << 30) ? 2 * largest : 1ULL << 30;
-}
-
 /* The options that change output bytes, for the staging directory's fingerprint. */
 static char *options_text(const pipeline *pl)
 {
@@ -175,7 +163,7 @@ static int open_staging(pipeline *pl, nx_err *e)
 static int phase_write(pipeline *pl, nx_err *e)
 {
     const nx_export_opts *o = pl->o;
-    int rc = nx_source_open(&pl->src, &pl->cat, mem_budget(pl), e);
+    int rc = nx_source_open(&pl->src, &pl->cat, pl->o->mem_budget, e);
     if (rc == NX_OK)
         rc = nx_amax_sync(&pl->src, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
                           &pl->amax, pl->comm, e);

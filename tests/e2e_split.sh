@@ -63,4 +63,9 @@ for np in $np_fused $np_layer; do
     check "split export on $np ranks identical to one rank" \
         diff <(tree_sums "$W/np1") <(tree_sums "$W/np$np")
 done
+# Weights the amax pass read are kept in memory for quantization with a budget, read again
+# without one (the default): same bytes either way.
+check "export keeping amax-pass tensors (--mem-budget 64MB)" nx 2 export --quiet \
+    --model "$W/deepseek" --calib "$W/deepseek.h5" --output "$W/kept" --mem-budget 64MB
+check "kept export identical to the default" diff <(tree_sums "$W/np1") <(tree_sums "$W/kept")
 finish

@@ -21,7 +21,7 @@ typedef struct nx_export_opts {
     nx_kv_mode kv;
     uint64_t max_shard_bytes;
     int threads;
-    uint64_t mem_budget; /* bytes of whole tensors kept between phases 5 and 6; 0: default */
+    uint64_t mem_budget; /* bytes of whole tensors kept between phases 5 and 6; 0: none */
     int quiet;
     int force;
     int resume;      /* continue an interrupted export's staging directory */

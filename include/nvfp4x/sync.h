@@ -19,7 +19,7 @@ typedef struct nx_amax {
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
 } nx_amax;
 
-/* Tensors read here stay in src's memory budget for phase 6. */
+/* Tensors read here stay in memory for phase 6 as far as src's budget allows. */
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
                  int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);

@@ -21,8 +21,19 @@ cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$D/us
     >"$OUT/build.log" 2>&1 && cmake --build build-device -j "$(nproc)" >>"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
 build-device/tests/bench/bench_kernel 256 7 2>&1 | tee "$OUT/bench_kernel.txt"
-for args in "" "--no-fsync"; do
+# MPI start-up alone: 16 ranks of `nvfp4x --version` (MPI_Init and MPI_Finalize), UCX vs ob1.
+for mca in "" "--mca pml ob1 --mca btl self,vader"; do
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    mpirun $mca -np 16 build-device/nvfp4x --version >/dev/null 2>&1
+    awk -v a="$t0" -v b="$(date +%s.%N)" -v m="${mca:-(default transport)}" \
+        'BEGIN { printf "startup np16 %s: %.2f s\n", m, b - a }'
+done 2>&1 | tee "$OUT/startup.txt"
+i=0
+while IFS= read -r args; do
+    i=$((i + 1))
     NX_BIN=build-device/nvfp4x NX_TIME="$D/usr/bin/time" NX_PYTHON=python3 \
-        bash tests/bench/bench_export.sh --size-gb "${SIZE_GB:-8}" --np "1 2 4 8 16" \
+        bash tests/bench/bench_export.sh --size-gb "${SIZE_GB:-8}" --np "${NPS:-1 2 4 8 16}" \
         --work /tmp/nvfp4x-bench --export-args "$args" 2>&1 | tee -a "$OUT/bench_export.txt"
-done
+    for f in /tmp/nvfp4x-bench/export.*.log; do cp "$f" "$OUT/config$i.$(basename "$f")"; done
+done <<<"${CONFIGS:-$(printf '%s\n' "" "--no-fsync" "--no-fsync --max-shard-size 300MB")}"

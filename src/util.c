@@ -393,21 +393,82 @@ static uint32_t crc32c_table(uint32_t crc, const uint8_t *p, size_t len)
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+
+/* a * b modulo the CRC-32C polynomial, both in the reflected form the register uses (x^0 is
+ * the top bit). */
+static uint32_t crc_mulmod(uint32_t a, uint32_t b)
+{
+    uint32_t product = 0;
+    for (uint32_t bit = 1u << 31; bit != 0 && a != 0; bit >>= 1) {
+        if (a & bit) {
+            product ^= b;
+            a ^= bit;
+        }
+        b = b & 1 ? (b >> 1) ^ 0x82F63B78u : b >> 1;
+    }
+    return product;
+}
+
+#define CRC_LANE 4096 /* bytes per lane: three lanes run side by side */
+
+/* x^(8 * CRC_LANE) mod P: multiplying a register by it appends CRC_LANE zero bytes. */
+static uint32_t crc_lane_shift(void)
+{
+    static uint32_t k;
+    if (k == 0) { /* benign race: every thread computes the same constant */
+        uint32_t v = 1u << 31;
+        for (int i = 0; i < 8 * CRC_LANE; i++)
+            v = v & 1 ? (v >> 1) ^ 0x82F63B78u : v >> 1;
+        k = v;
+    }
+    return k;
+}
+
+__attribute__((target("sse4.2"))) static uint64_t crc32c_words(uint64_t c, const uint8_t *p,
+                                                               size_t words)
+{
+    for (size_t i = 0; i < words; i++) {
+        uint64_t v;
+        memcpy(&v, p + 8 * i, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    return c;
+}
+
+/* The crc32 instruction has a latency of three cycles and a throughput of one: three
+ * independent lanes, joined by shifting, run about three times as fast as one. */
 __attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
                                                             size_t len)
 {
     uint64_t c = crc;
-    for (; len >= 8; p += 8, len -= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        c = _mm_crc32_u64(c, v);
+    for (; len >= 3 * CRC_LANE; p += 3 * CRC_LANE, len -= 3 * CRC_LANE) {
+        uint64_t a = c, b = 0, d = 0;
+        for (size_t i = 0; i < CRC_LANE; i += 8) {
+            uint64_t va, vb, vd;
+            memcpy(&va, p + i, 8);
+            memcpy(&vb, p + CRC_LANE + i, 8);
+            memcpy(&vd, p + 2 * CRC_LANE + i, 8);
+            a = _mm_crc32_u64(a, va);
+            b = _mm_crc32_u64(b, vb);
+            d = _mm_crc32_u64(d, vd);
+        }
+        uint32_t k = crc_lane_shift();
+        c = crc_mulmod(crc_mulmod((uint32_t)a, k) ^ (uint32_t)b, k) ^ (uint32_t)d;
     }
+    c = crc32c_words(c, p, len / 8);
+    p += len / 8 * 8;
+    len %= 8;
     uint32_t c32 = (uint32_t)c;
     for (; len > 0; p++, len--)
         c32 = _mm_crc32_u8(c32, *p);
     return c32;
 }
 #endif
+
+uint32_t nx_crc32c_portable(uint32_t crc, const void *buf, size_t len)
+{
+    return ~crc32c_table(~crc, buf, len);
+}
 
 uint32_t nx_crc32c(uint32_t crc, const void *buf, size_t len)
 {

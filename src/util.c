@@ -369,12 +369,20 @@ int nx_glob_match(const char *p, const char *s)
 
 static uint32_t crc_table[256];
 
+#define CRC32C_POLY 0x82F63B78u /* reflected */
+
+/* v * x modulo the polynomial, in the reflected form the register uses (x^0 is the top bit). */
+static uint32_t crc_times_x(uint32_t v)
+{
+    return v & 1 ? (v >> 1) ^ CRC32C_POLY : v >> 1;
+}
+
 static void crc_table_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+            c = crc_times_x(c);
         crc_table[i] = c;
     }
 }
@@ -394,8 +402,7 @@ static uint32_t crc32c_table(uint32_t crc, const uint8_t *p, size_t len)
 #if defined(__x86_64__)
 #include <nmmintrin.h>
 
-/* a * b modulo the CRC-32C polynomial, both in the reflected form the register uses (x^0 is
- * the top bit). */
+/* a * b modulo the polynomial, both reflected. */
 static uint32_t crc_mulmod(uint32_t a, uint32_t b)
 {
     uint32_t product = 0;
@@ -404,7 +411,7 @@ static uint32_t crc_mulmod(uint32_t a, uint32_t b)
             product ^= b;
             a ^= bit;
         }
-        b = b & 1 ? (b >> 1) ^ 0x82F63B78u : b >> 1;
+        b = crc_times_x(b);
     }
     return product;
 }
@@ -418,7 +425,7 @@ static uint32_t crc_lane_shift(void)
     if (k == 0) { /* benign race: every thread computes the same constant */
         uint32_t v = 1u << 31;
         for (int i = 0; i < 8 * CRC_LANE; i++)
-            v = v & 1 ? (v >> 1) ^ 0x82F63B78u : v >> 1;
+            v = crc_times_x(v);
         k = v;
     }
     return k;

@@ -23,7 +23,7 @@ for _ in $(seq 600); do
     [ -f "$journal" ] && [ "$(wc -l <"$journal")" -ge 5 ] && break
     sleep 0.1
 done
-tagged_rank() { # pid rank: true when pid is rank $2 of this run
+tagged_rank() { # pid rank-regex: true when pid is a rank of this run matching $2
     tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null |
         grep -cxE "NVFP4X_TEST_TAG=$tag|OMPI_COMM_WORLD_RANK=$2" | grep -qx 2
 }
@@ -36,7 +36,7 @@ if [ -n "$victim" ]; then
     kill -9 "$victim"
 else # never leave a stalled rank behind to hang the test
     for pid in $(pgrep -f "$NX_BIN export" || true); do
-        for r in 0 1 2; do tagged_rank "$pid" $r && kill -9 "$pid"; done
+        tagged_rank "$pid" '[0-9]+' && kill -9 "$pid"
     done
 fi
 rc=0

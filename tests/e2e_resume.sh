@@ -19,7 +19,7 @@ NVFP4X_TEST_STALL_AFTER=5 NVFP4X_TEST_TAG=$tag "$MPIEXEC" --oversubscribe -np 3 
     "$NX_BIN" export "${args[@]}" --output "$W/out" </dev/null 2>"$W/kill.err" &
 job=$!
 journal="$W/out.nvfp4x-staging/.nvfp4x-journal/journal.1"
-for _ in $(seq 600); do
+for _ in $(seq 3000); do # up to 300 s: a loaded machine under the sanitizers is slow
     [ -f "$journal" ] && [ "$(wc -l <"$journal")" -ge 5 ] && break
     sleep 0.1
 done

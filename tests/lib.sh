@@ -4,9 +4,8 @@ set -euo pipefail
 : "${NX_BIN:?}" "${NX_PYTHON:?}" "${NX_TESTS:?}" "${NX_WORK:?}"
 MPIEXEC=${MPIEXEC:-mpirun}
 # Under the sanitizer build: Open MPI and PMIx keep their plugins loaded so that their
-# process-lifetime allocations can be told apart (lsan.supp) from ours, with full stacks.
-export LSAN_OPTIONS="suppressions=$NX_TESTS/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-export ASAN_OPTIONS="fast_unwind_on_malloc=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+# process-lifetime allocations can be told apart from ours by library name (the suppressions
+# and other sanitizer settings are compiled in: tests/sanitize_options.c).
 export OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1
 NX_FAILS=0
 NX_PASSES=0

@@ -255,23 +255,6 @@ static void test_errors(void)
     free(path);
 }
 
-/* Under the sanitizer build: Open MPI, PMIx and hwloc keep allocations for the life of the
- * process (tests/lsan.supp, which the e2e scripts pass in LSAN_OPTIONS; ctest passes none);
- * full stacks tell them apart from ours, as tests/lib.sh sets up. */
-const char *__asan_default_options(void);
-const char *__asan_default_options(void)
-{
-    return "fast_unwind_on_malloc=0";
-}
-
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void)
-{
-    return "leak:libmpi.so\nleak:libopen-pal.so\nleak:libopen-rte.so\nleak:libpmix.so\n"
-           "leak:libhwloc.so\nleak:libevent\nleak:mca_\nleak:libucp\nleak:libucs\n"
-           "leak:libfabric\n";
-}
-
 int main(int argc, char **argv)
 {
     /* keep MPI's plugins loaded so that their allocations can be told apart from ours */

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "nvfp4x/comm.h"
+#include "nvfp4x/encoding.h"
 #include "nvfp4x/quantize.h"
 
 int64_t nx_tensor_elems(const nx_tensor *t)
@@ -20,7 +21,7 @@ int64_t nx_tensor_elems(const nx_tensor *t)
 
 uint64_t nx_tensor_out_bytes(const nx_tensor *t)
 {
-    return t->scale_inv >= 0 ? (uint64_t)nx_tensor_elems(t) * 2 : t->nbytes;
+    return t->scale >= 0 ? (uint64_t)nx_tensor_elems(t) * 2 : t->nbytes;
 }
 
 int64_t nx_catalog_find(const nx_catalog *c, const char *name)
@@ -60,21 +61,6 @@ static cJSON *parse_json(const char *text)
     return cJSON_ParseWithOpts(text, NULL, 1);
 }
 
-/* DeepSeek-V3/Kimi-K2 FP8 releases: quant_method "fp8" with weight_block_size [128, 128]. */
-static void read_fp8_config(nx_catalog *c, const cJSON *cfg)
-{
-    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
-    const cJSON *method = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
-    const cJSON *block = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
-    if (!cJSON_IsString(method) || strcmp(method->valuestring, "fp8") != 0 ||
-        cJSON_GetArraySize(block) != 2)
-        return;
-    for (int i = 0; i < 2; i++) {
-        const cJSON *v = cJSON_GetArrayItem(block, i);
-        c->fp8_block[i] = cJSON_IsNumber(v) && v->valuedouble >= 1 ? (int64_t)v->valuedouble : 0;
-    }
-}
-
 /* Model-level facts the classifier needs. Multimodal configs keep them in text_config. */
 static int read_config(nx_catalog *c, nx_err *e)
 {
@@ -95,7 +81,6 @@ static int read_config(nx_catalog *c, nx_err *e)
             snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
         c->num_hidden_layers = json_int(src, layers);
         c->num_experts = json_int(src, experts);
-        read_fp8_config(c, src);
         if (c->num_experts < 0)
             c->num_experts = 0;
         if (c->num_hidden_layers <= 0)
@@ -234,49 +219,30 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
     return NX_OK;
 }
 
-static int check_fp8_pair(const nx_catalog *c, const nx_tensor *w, const nx_tensor *s,
-                          nx_err *e)
+/* The source encoding (encoding.h): decoded weights get their scale tensor and tile, scale
+ * tensors and static activation scales are consumed. */
+static int link_encoding(nx_catalog *c, nx_err *e)
 {
-    int64_t b0 = c->fp8_block[0], b1 = c->fp8_block[1];
-    NX_ERROR_IF(w->dtype != NX_DT_F8_E4M3 || w->ndim != 2, e, NX_EINPUT,
-                "%s: tensor %s has a weight_scale_inv but is not a 2-D F8_E4M3 weight", c->dir,
-                w->name);
-    NX_ERROR_IF(b0 <= 0 || b1 <= 0, e, NX_EINPUT, "%s/config.json: tensor %s is FP8 block-"
-                "scaled but quantization_config has no weight_block_size", c->dir, w->name);
-    NX_ERROR_IF(s->dtype != NX_DT_F32 || s->ndim != 2 ||
-                s->shape[0] != (w->shape[0] + b0 - 1) / b0 ||
-                s->shape[1] != (w->shape[1] + b1 - 1) / b1, e, NX_EINPUT,
-                "%s: tensor %s must be F32 [%lld, %lld] (ceil of %s's shape / %lld x %lld blocks)",
-                c->dir, s->name, (long long)((w->shape[0] + b0 - 1) / b0),
-                (long long)((w->shape[1] + b1 - 1) / b1), w->name, (long long)b0, (long long)b1);
-    return NX_OK;
-}
-
-/* Pairs every X.weight_scale_inv with X.weight; an FP8 weight without one is refused. */
-static int link_fp8(nx_catalog *c, nx_err *e)
-{
-    static const char suffix[] = ".weight_scale_inv";
-    const size_t sl = sizeof suffix - 1;
+    nx_enc_tensor *in = malloc(((size_t)c->n + 1) * sizeof *in);
+    NX_ALLOC_CHECK(in, e, "the encoding table");
     for (int64_t i = 0; i < c->n; i++)
-        c->t[i].scale_inv = -1;
-    for (int64_t i = 0; i < c->n; i++) {
-        nx_tensor *s = &c->t[i];
-        size_t len = strlen(s->name);
-        if (len <= sl || strcmp(s->name + len - sl, suffix) != 0)
-            continue;
-        char *wname = nx_asprintf("%.*s.weight", (int)(len - sl), s->name);
-        NX_ALLOC_CHECK(wname, e, "a tensor name");
-        int64_t w = nx_catalog_find(c, wname);
-        free(wname);
-        NX_ERROR_IF(w < 0, e, NX_EINPUT, "%s: %s has no weight tensor beside it", c->dir, s->name);
-        NX_TRY(check_fp8_pair(c, &c->t[w], s, e));
-        c->t[w].scale_inv = i;
-        s->consumed = 1;
+        in[i] = (nx_enc_tensor){ c->t[i].name, c->t[i].dtype, c->t[i].ndim, c->t[i].shape };
+    cJSON *cfg = parse_json(c->config_text);
+    nx_encoding enc;
+    int rc = nx_encoding_detect(c->dir, cfg, in, c->n, &enc, e);
+    for (int64_t i = 0; rc == NX_OK && i < c->n; i++) {
+        c->t[i].scale = enc.link[i].scale;
+        memcpy(c->t[i].tile, enc.link[i].tile, sizeof c->t[i].tile);
+        c->t[i].consumed = enc.link[i].dropped;
     }
-    for (int64_t i = 0; c->fp8_block[0] > 0 && i < c->n; i++)
-        NX_ERROR_IF(c->t[i].dtype == NX_DT_F8_E4M3 && c->t[i].scale_inv < 0, e, NX_EINPUT,
-                    "%s: FP8 tensor %s has no weight_scale_inv", c->dir, c->t[i].name);
-    return NX_OK;
+    if (rc == NX_OK) {
+        snprintf(c->encoding, sizeof c->encoding, "%s", enc.what);
+        c->n_encoded = enc.n_encoded;
+    }
+    nx_encoding_free(&enc);
+    cJSON_Delete(cfg);
+    free(in);
+    return rc;
 }
 
 int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
@@ -309,7 +275,7 @@ int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
     if (rc == NX_OK)
         rc = index_tensors(c, has_index ? &expect : NULL, index, e);
     if (rc == NX_OK)
-        rc = link_fp8(c, e);
+        rc = link_encoding(c, e);
     nx_strmap_free(&expect);
     free(index);
     return rc;
@@ -322,7 +288,6 @@ static void pack_catalog(const nx_catalog *c, nx_buf *b)
     nx_buf_put(b, c->model_type, sizeof c->model_type);
     nx_buf_put_u64(b, (uint64_t)c->num_hidden_layers);
     nx_buf_put_u64(b, (uint64_t)c->num_experts);
-    nx_buf_put(b, c->fp8_block, sizeof c->fp8_block);
     nx_buf_put_u64(b, (uint64_t)c->n_files);
     for (int32_t f = 0; f < c->n_files; f++)
         nx_buf_put_str(b, c->files[f]);
@@ -347,7 +312,6 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     nx_buf_get(b, c->model_type, sizeof c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
-    nx_buf_get(b, c->fp8_block, sizeof c->fp8_block);
     int32_t nf = (int32_t)nx_buf_get_u64(b);
     c->files = calloc((size_t)nf + 1, sizeof *c->files);
     NX_ALLOC_CHECK(c->files, e, "the shard list");
@@ -373,7 +337,7 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++)
         NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
-    return link_fp8(c, e);
+    return link_encoding(c, e);
 }
 
 int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)
@@ -434,7 +398,7 @@ static int source_fd(nx_source *s, const nx_tensor *t, const char *path, nx_err 
 void nx_source_prefetch(nx_source *s, int64_t tensor)
 {
     nx_err ignored = { 0 };
-    for (int64_t i = tensor; i >= 0; i = i == tensor ? s->c->t[tensor].scale_inv : -1) {
+    for (int64_t i = tensor; i >= 0; i = i == tensor ? s->c->t[tensor].scale : -1) {
         const nx_tensor *t = &s->c->t[i];
         if (s->kept[i] == NULL && source_fd(s, t, nx_source_path(s, i), &ignored) == NX_OK)
             posix_fadvise(s->fds[t->file], (off_t)t->offset, (off_t)t->nbytes,
@@ -459,24 +423,23 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
     return rc;
 }
 
-/* fl32(fp8 * scale_inv[i/b0][j/b1]) rounded to BF16, for rows [row0, row0+nrows). */
+/* Rows [row0, row0+nrows) of an FP8 weight: RNE_bf16(fl32(fp8 * scale)) (encoding.h). */
 static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t nrows,
                         float *dst, const uint8_t *q, nx_err *e)
 {
-    const nx_tensor *st = &s->c->t[t->scale_inv];
-    int64_t b0 = s->c->fp8_block[0], b1 = s->c->fp8_block[1], cols = t->shape[1];
-    int64_t s0 = row0 / b0, s1 = (row0 + nrows - 1) / b0, scols = st->shape[1];
-    float *scale = malloc((size_t)((s1 - s0 + 1) * scols) * sizeof *scale);
-    NX_ALLOC_CHECK(scale, e, "FP8 block scales");
-    int rc = nx_source_read(s, t->scale_inv, (uint64_t)(s0 * scols) * 4, scale,
-                            (size_t)((s1 - s0 + 1) * scols) * 4, e);
-    for (int64_t r = 0; rc == NX_OK && r < nrows; r++) {
-        const float *srow = scale + ((row0 + r) / b0 - s0) * scols;
-        for (int64_t j = 0; j < cols; j++) {
-            float v = nx_e4m3_decode(q[r * cols + j]) * srow[j / b1];
-            dst[r * cols + j] = nx_bf16_to_f32(nx_f32_to_bf16(v));
-        }
-    }
+    const nx_tensor *st = &s->c->t[t->scale];
+    int64_t first, count, scols = nx_enc_scale_cols(t->tile, t->shape[1]);
+    nx_enc_scale_rows(t->tile, row0, nrows, &first, &count);
+    size_t esz = nx_dtype_size(st->dtype), n = (size_t)(count * scols);
+    float *scale = malloc(n * (sizeof *scale + esz));
+    NX_ALLOC_CHECK(scale, e, "FP8 scales");
+    void *raw = scale + n;
+    int rc = nx_source_read(s, t->scale, (uint64_t)(first * scols) * esz, raw, n * esz, e);
+    if (rc == NX_OK && nx_widen_f32(raw, st->dtype, (int64_t)n, scale) != 0)
+        rc = nx_err_set(e, NX_EINPUT, "%s: scale tensor %s has dtype %s", nx_source_path(s,
+                        t->scale), st->name, nx_dtype_name(st->dtype));
+    if (rc == NX_OK)
+        nx_fp8_decode_rows(q, row0, nrows, t->shape[1], scale, scols, t->tile, dst, NULL);
     free(scale);
     return rc;
 }
@@ -489,7 +452,7 @@ int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t 
     uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
     NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,
                           (size_t)((uint64_t)nrows * row_bytes), e));
-    if (t->scale_inv >= 0)
+    if (t->scale >= 0)
         return fp8_rows_f32(s, t, row0, nrows, dst, raw, e);
     NX_ERROR_IF(nx_widen_f32(raw, t->dtype, nrows * t->shape[1], dst) != 0, e, NX_EINPUT,
                 "%s: tensor %s has dtype %s; quantized weights must be BF16, F16 or F32",

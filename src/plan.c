@@ -77,9 +77,9 @@ static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
     memset(out, 0, sizeof *out);
     out->name = nx_strdup(t->name);
     NX_ALLOC_CHECK(out->name, e, "an output name");
-    out->kind = t->scale_inv >= 0 ? NX_OUT_DEQUANT : NX_OUT_COPY;
+    out->kind = t->scale >= 0 ? NX_OUT_DEQUANT : NX_OUT_COPY;
     out->src = idx;
-    out->dtype = t->scale_inv >= 0 ? NX_DT_BF16 : t->dtype;
+    out->dtype = t->scale >= 0 ? NX_DT_BF16 : t->dtype;
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof out->shape);
     out->nbytes = nx_tensor_out_bytes(t);

@@ -54,7 +54,7 @@ static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, flo
 {
     const nx_tensor *t = &src->c->t[tensor];
     int64_t elems = n * t->shape[1];
-    if (t->scale_inv >= 0) {
+    if (t->scale >= 0) {
         NX_TRY(nx_source_read_rows_f32(src, tensor, r, n, w, raw, e));
         *m = absmax_src(w, NX_DT_F32, elems);
         return NX_OK;
@@ -63,7 +63,7 @@ static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, flo
     NX_TRY(nx_source_read(src, tensor, (uint64_t)r * row_bytes, raw, (size_t)n * row_bytes, e));
     NX_ERROR_IF(t->dtype != NX_DT_BF16 && t->dtype != NX_DT_F16 && t->dtype != NX_DT_F32, e,
                 NX_EINPUT, "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, "
-                "F32 or FP8 block-scaled", nx_source_path(src, tensor), t->name,
+                "F32 or FP8 with scales", nx_source_path(src, tensor), t->name,
                 nx_dtype_name(t->dtype));
     *m = absmax_src(raw, t->dtype, elems);
     return NX_OK;

@@ -740,9 +740,61 @@ static int source_load(vctx *v, nx_err *e)
     int rc = !exists || cJSON_IsObject(config) ? NX_OK
              : nx_err_set(e, NX_EINPUT, "%s/config.json: not a JSON object", v->o->model);
     if (rc == NX_OK)
-        rc = nx_verify_source_link(v, jget(config, "quantization_config"), e);
+        rc = nx_verify_source_link(v, config, e);
     cJSON_Delete(config);
     return rc;
+}
+
+/* ---- A source checkpoint given by mistake -------------------------------------------------- */
+
+/* Whether anything marks the checkpoint as an NVFP4 export: hf_quant_config.json, a ModelOpt
+ * or compressed-tensors NVFP4 quantization_config, or NVFP4's per-tensor scale tensors. */
+static int nvfp4_marked(const vctx *v, nx_err *e, int *marked)
+{
+    const cJSON *g;
+    NX_TRY(file_exists(v->o->dir, HQ_FILE, e, marked));
+    *marked |= str_eq(jstr(v->qc, "quant_method"), "modelopt") ||
+               str_eq(jstr(v->qc, "format"), "nvfp4-pack-quantized");
+    cJSON_ArrayForEach(g, jget(v->qc, "config_groups"))
+        *marked |= str_eq(jstr(g, "format"), "nvfp4-pack-quantized");
+    for (int64_t i = 0; !*marked && i < v->c.n; i++)
+        *marked = ends_with(v->c.t[i].st->name, ".weight_scale_2") ||
+                  ends_with(v->c.t[i].st->name, ".weight_global_scale");
+    return NX_OK;
+}
+
+/* An unmarked checkpoint is refused with what it is (encoding.h), not checked rule by rule. */
+static int refuse_source(vctx *v, nx_err *e)
+{
+    int marked = 0;
+    NX_TRY(nvfp4_marked(v, e, &marked));
+    if (marked)
+        return NX_OK;
+    for (int64_t i = 0; i < v->n_found; i++) /* C2 "hf_quant_config.json missing" and such */
+        free(v->found[i].line);
+    v->n_found = 0;
+    nx_enc_tensor *in = malloc(((size_t)v->c.n + 1) * sizeof *in);
+    NX_ALLOC_CHECK(in, e, "the encoding table");
+    for (int64_t i = 0; i < v->c.n; i++) {
+        const nx_st_tensor *t = v->c.t[i].st;
+        in[i] = (nx_enc_tensor){ t->name, t->dtype, t->ndim, t->shape };
+    }
+    nx_encoding enc;
+    nx_err why = { 0 };
+    int rc = nx_encoding_detect(v->o->dir, v->config, in, v->c.n, &enc, &why);
+    if (rc == NX_OK)
+        nx_err_set(e, NX_EINPUT, "%s is not an NVFP4 checkpoint (no hf_quant_config.json, no "
+                   "NVFP4 quantization_config or scales): it is a source model, %s, %lld "
+                   "tensors of which %lld encoded weights; export it with nvfp4x export "
+                   "--model %s", v->o->dir, enc.what, (long long)v->c.n,
+                   (long long)enc.n_encoded, v->o->dir);
+    else
+        nx_err_set(e, NX_EINPUT, "%s is not an NVFP4 checkpoint (no hf_quant_config.json, no "
+                   "NVFP4 quantization_config or scales), nor a source nvfp4x reads: %s",
+                   v->o->dir, why.msg);
+    nx_encoding_free(&enc);
+    free(in);
+    return NX_EINPUT;
 }
 
 /* Every rank loads the metadata; rank 0 records what loading finds (C1, C2, I2). */
@@ -755,6 +807,8 @@ static int vctx_load(vctx *v, nx_err *e)
         rc = configs_load(v, e);
     if (rc == NX_OK)
         rc = catalog_load(v, &v->c, v->o->dir, e);
+    if (rc == NX_OK)
+        rc = refuse_source(v, e);
     if (rc == NX_OK)
         rc = modules_build(v, e);
     if (rc == NX_OK && v->o->model)
@@ -854,8 +908,7 @@ static void vctx_free(vctx *v)
         free(v->lists[i].pats);
     catalog_free(&v->c);
     catalog_free(&v->src);
-    free(v->src_scale_inv);
-    free(v->src_consumed);
+    nx_encoding_free(&v->src_enc);
     cJSON_Delete(v->config);
     cJSON_Delete(v->hq);
     free(v->mod_owner);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "nvfp4x/encoding.h"
 #include "nvfp4x/report.h"
 #include "nvfp4x/safetensors.h"
 #include "nvfp4x/util.h"
@@ -123,9 +124,7 @@ typedef struct vctx {
     int n_lists;
     catalog c;
     catalog src;      /* the source model, with --model */
-    int64_t src_block[2];   /* FP8 block-scaled source: weight_block_size, else 0 */
-    int64_t *src_scale_inv; /* per source tensor: its weight_scale_inv tensor, else -1 */
-    uint8_t *src_consumed;  /* per source tensor: a weight_scale_inv, read with its weight */
+    nx_encoding src_enc;    /* how the source stores its linears; per source tensor */
     module *m;
     int64_t n_mod;
     nx_strmap mod_names;
@@ -202,9 +201,9 @@ int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
 
 /* ---- src/verify_source.c ------------------------------------------------------------------ */
 
-/* Pairs each source X.weight_scale_inv with X.weight (DeepSeek/Kimi FP8 releases); qc is the
- * source's quantization_config or NULL. NX_EINPUT for a pairing the exporter refuses too. */
-int nx_verify_source_link(vctx *v, const cJSON *qc, nx_err *e);
+/* The source's encoding (encoding.h) from its config.json (NULL when it has none): FP8
+ * weights with their scales. NX_EINPUT for a source the exporter refuses too. */
+int nx_verify_source_link(vctx *v, const cJSON *config, nx_err *e);
 /* Bytes read to compare checkpoint tensor ti with its source copy (0: nothing to read). */
 uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti);
 /* T2: tensor ti, unless made by quantization, is the source tensor byte for byte (an FP8

@@ -8,103 +8,52 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nvfp4x/encoding.h"
 #include "nvfp4x/quantize.h"
 #include "verify_internal.h"
 
 #define EXACT_CHUNK_ELEMS ((int64_t)1 << 20)
-#define SCALE_INV_SUFFIX ".weight_scale_inv"
 #define WS2_NEIGHBOURS 2 /* float steps either side of fl32(1 / weight_global_scale) */
 
-/* ---- FP8 block-scaled sources ------------------------------------------------------------- */
+/* ---- Encoded (FP8) sources ---------------------------------------------------------------- */
 
-/* quant_method "fp8" with weight_block_size [b0, b1]; anything else leaves the block 0. */
-static void fp8_block_size(vctx *v, const cJSON *qc)
+/* The source's encoding, decided as the exporter decides it (encoding.h): an encoding the
+ * exporter refuses is refused here too (NX_EINPUT). */
+int nx_verify_source_link(vctx *v, const cJSON *config, nx_err *e)
 {
-    const cJSON *block = jget(qc, "weight_block_size");
-    if (!str_eq(jstr(qc, "quant_method"), "fp8") || !cJSON_IsArray(block) ||
-        cJSON_GetArraySize(block) != 2)
-        return;
-    for (int i = 0; i < 2; i++) {
-        const cJSON *x = cJSON_GetArrayItem(block, i);
-        int sane = cJSON_IsNumber(x) && x->valuedouble >= 1 && x->valuedouble < 1e9;
-        v->src_block[i] = sane ? (int64_t)x->valuedouble : 0;
+    nx_enc_tensor *in = malloc(((size_t)v->src.n + 1) * sizeof *in);
+    NX_ALLOC_CHECK(in, e, "the source's encoding table");
+    for (int64_t i = 0; i < v->src.n; i++) {
+        const nx_st_tensor *t = v->src.t[i].st;
+        in[i] = (nx_enc_tensor){ t->name, t->dtype, t->ndim, t->shape };
     }
-}
-
-/* The pairing the exporter accepts (src/catalog.c): a 2-D F8_E4M3 weight, a block size, and
- * one F32 scale per block. */
-static int fp8_pair_check(const vctx *v, const nx_st_tensor *w, const nx_st_tensor *s, nx_err *e)
-{
-    int64_t b0 = v->src_block[0], b1 = v->src_block[1];
-    NX_ERROR_IF(w->dtype != NX_DT_F8_E4M3 || w->ndim != 2, e, NX_EINPUT,
-                "%s: tensor %s has a weight_scale_inv but is not a 2-D F8_E4M3 weight",
-                v->src.dir, w->name);
-    NX_ERROR_IF(b0 <= 0 || b1 <= 0, e, NX_EINPUT, "%s/config.json: tensor %s is FP8 block-"
-                "scaled but quantization_config has no weight_block_size", v->src.dir, w->name);
-    NX_ERROR_IF(s->dtype != NX_DT_F32 || s->ndim != 2 ||
-                s->shape[0] != (w->shape[0] + b0 - 1) / b0 ||
-                s->shape[1] != (w->shape[1] + b1 - 1) / b1, e, NX_EINPUT,
-                "%s: tensor %s must be F32 [%lld, %lld] (ceil of %s's shape / %lld x %lld blocks)",
-                v->src.dir, s->name, (long long)((w->shape[0] + b0 - 1) / b0),
-                (long long)((w->shape[1] + b1 - 1) / b1), w->name, (long long)b0, (long long)b1);
-    return NX_OK;
-}
-
-/* Source tensor si, a X.weight_scale_inv: pairs it with X.weight. */
-static int fp8_link_one(vctx *v, int64_t si, nx_err *e)
-{
-    const char *name = v->src.t[si].st->name;
-    size_t len = strlen(name) - strlen(SCALE_INV_SUFFIX);
-    char *wname = nx_asprintf("%.*s.weight", (int)len, name);
-    NX_ALLOC_CHECK(wname, e, "a tensor name");
-    int64_t wi = tensor_find(&v->src, wname);
-    free(wname);
-    NX_ERROR_IF(wi < 0, e, NX_EINPUT, "%s: %s has no weight tensor beside it", v->src.dir, name);
-    NX_TRY(fp8_pair_check(v, v->src.t[wi].st, v->src.t[si].st, e));
-    v->src_scale_inv[wi] = si;
-    v->src_consumed[si] = 1;
-    return NX_OK;
-}
-
-int nx_verify_source_link(vctx *v, const cJSON *qc, nx_err *e)
-{
-    size_t n = (size_t)(v->src.n ? v->src.n : 1);
-    fp8_block_size(v, qc);
-    v->src_scale_inv = malloc(n * sizeof *v->src_scale_inv);
-    v->src_consumed = calloc(n, sizeof *v->src_consumed);
-    NX_ALLOC_CHECK(v->src_scale_inv && v->src_consumed ? v->src_consumed : NULL, e,
-                   "the source's FP8 scale map");
-    for (int64_t i = 0; i < v->src.n; i++)
-        v->src_scale_inv[i] = -1;
-    for (int64_t i = 0; i < v->src.n; i++)
-        if (ends_with(v->src.t[i].st->name, SCALE_INV_SUFFIX))
-            NX_TRY(fp8_link_one(v, i, e));
-    for (int64_t i = 0; v->src_block[0] > 0 && i < v->src.n; i++)
-        NX_ERROR_IF(v->src.t[i].st->dtype == NX_DT_F8_E4M3 && v->src_scale_inv[i] < 0, e,
-                    NX_EINPUT, "%s: FP8 tensor %s has no weight_scale_inv", v->src.dir,
-                    v->src.t[i].st->name);
-    return NX_OK;
+    int rc = nx_encoding_detect(v->src.dir, config, in, v->src.n, &v->src_enc, e);
+    free(in);
+    return rc;
 }
 
 /* Rows [r0, r0+nr) of FP8 source weight si as the exporter reads them:
- * bf16(fl32(e4m3(q) * scale_inv[i/b0][j/b1])), rounded to nearest even. q: nr*cols bytes. */
+ * bf16(fl32(e4m3(q) * scale)), rounded to nearest even. q: nr*cols bytes. */
 static int fp8_rows_bf16(vctx *v, int64_t si, int64_t r0, int64_t nr, uint8_t *q,
                          uint16_t *out, nx_err *e)
 {
-    int64_t cols = v->src.t[si].st->shape[1], b0 = v->src_block[0], b1 = v->src_block[1];
-    int64_t ti = v->src_scale_inv[si], scols = v->src.t[ti].st->shape[1];
-    int64_t s0 = r0 / b0, ns = (r0 + nr - 1) / b0 - s0 + 1;
+    const nx_enc_link *l = &v->src_enc.link[si];
+    const nx_st_tensor *st = v->src.t[l->scale].st;
+    int64_t cols = v->src.t[si].st->shape[1], first, count;
+    int64_t scols = nx_enc_scale_cols(l->tile, cols);
+    nx_enc_scale_rows(l->tile, r0, nr, &first, &count);
     NX_TRY(nx_verify_tensor_read(&v->src, si, (uint64_t)(r0 * cols), q, (size_t)(nr * cols),
                                  e));
-    float *scale = malloc((size_t)(ns * scols) * sizeof *scale);
-    NX_ALLOC_CHECK(scale, e, "FP8 block scales");
-    int rc = nx_verify_tensor_read(&v->src, ti, (uint64_t)(s0 * scols) * 4, scale,
-                                   (size_t)(ns * scols) * 4, e);
-    for (int64_t r = 0; rc == NX_OK && r < nr; r++) {
-        const float *srow = scale + ((r0 + r) / b0 - s0) * scols;
-        for (int64_t j = 0; j < cols; j++)
-            out[r * cols + j] = nx_f32_to_bf16(nx_e4m3_decode(q[r * cols + j]) * srow[j / b1]);
-    }
+    size_t esz = nx_dtype_size(st->dtype), n = (size_t)(count * scols);
+    float *scale = malloc(n * (sizeof *scale + esz));
+    NX_ALLOC_CHECK(scale, e, "FP8 scales");
+    void *raw = scale + n;
+    int rc = nx_verify_tensor_read(&v->src, l->scale, (uint64_t)(first * scols) * esz, raw,
+                                   n * esz, e);
+    if (rc == NX_OK)
+        nx_widen_f32(raw, st->dtype, (int64_t)n, scale);
+    if (rc == NX_OK)
+        nx_fp8_decode_rows(q, r0, nr, cols, scale, scols, l->tile, NULL, out);
     free(scale);
     return rc;
 }
@@ -166,7 +115,7 @@ uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti)
     uint64_t bytes = t->st->end - t->st->begin;
     if (si < 0 || is_artifact(v, t))
         return 0;
-    if (v->src_scale_inv[si] >= 0) /* BF16 out, one FP8 byte in per element */
+    if (v->src_enc.link[si].scale >= 0) /* BF16 out, one FP8 byte in per element */
         return is_dequant_of(t->st, v->src.t[si].st) ? bytes + bytes / 2 : 0;
     return same_shape(t->st, v->src.t[si].st) ? 2 * bytes : 0;
 }
@@ -250,23 +199,23 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e)
     }
     if (is_artifact(v, &v->c.t[ti]))
         return NX_OK;
-    if (v->src_consumed[si]) {
-        nx_violation(v, "T2", t->name, "is an FP8 block scale of the source: its weight is "
-                     "written dequantized, the scale must not be written");
+    if (v->src_enc.link[si].dropped) {
+        nx_violation(v, "T2", t->name, "is a scale of the source's FP8 encoding: its weight "
+                     "is written decoded, the scale must not be written");
         return NX_OK;
     }
-    if (v->src_scale_inv[si] >= 0)
+    if (v->src_enc.link[si].scale >= 0)
         return fp8_copy_check(v, ti, si, e);
     return plain_copy_check(v, ti, si, e);
 }
 
-/* Whether source tensor i has its counterpart in the checkpoint under another name: an FP8
- * block scale is consumed by its weight, and in compressed-tensors a quantized module's weight
- * is its weight_packed. */
+/* Whether source tensor i has its counterpart in the checkpoint under another name, or none
+ * by design: a scale of an FP8 source is consumed by its weight (or dropped), and in
+ * compressed-tensors a quantized module's weight is its weight_packed. */
 static int src_elsewhere(const vctx *v, int64_t i, int *yes, nx_err *e)
 {
     const char *name = v->src.t[i].st->name;
-    *yes = v->src_consumed[i];
+    *yes = v->src_enc.link[i].dropped;
     if (*yes || v->fmt != FMT_CT || !ends_with(name, ".weight"))
         return NX_OK;
     char *mod = strndup(name, strlen(name) - strlen(".weight"));
@@ -372,7 +321,7 @@ static int source_rows_f32(vctx *v, int64_t si, int64_t r0, int64_t nr, exact_bu
 {
     const nx_st_tensor *s = v->src.t[si].st;
     int64_t n = nr * s->shape[1];
-    if (v->src_scale_inv[si] >= 0) {
+    if (v->src_enc.link[si].scale >= 0) {
         NX_TRY(fp8_rows_bf16(v, si, r0, nr, b->raw, b->bf, e));
         nx_widen_f32(b->bf, NX_DT_BF16, n, b->w);
         return NX_OK;
@@ -471,7 +420,7 @@ static int64_t source_weight(vctx *v, const module *m, nx_err *e, int *rc)
     if (!m->layout_ok)
         return -1; /* T1/T2 already reported; shapes unknown */
     if (s->ndim != 2 || s->shape[0] != m->rows || s->shape[1] != m->in ||
-        !(is_float_dtype(s->dtype) || v->src_scale_inv[si] >= 0)) {
+        !(is_float_dtype(s->dtype) || v->src_enc.link[si].scale >= 0)) {
         nx_verify_shape_text(s, shape, sizeof shape);
         nx_violation(v, "T2", m->name, "quantized as [%lld, %lld] but the source weight is %s",
                      (long long)m->rows, (long long)m->in, shape);

@@ -214,7 +214,7 @@ static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrow
 static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r, int64_t n,
                       const void **src, nx_dtype *dt, nx_err *e)
 {
-    if (t->scale_inv >= 0) {
+    if (t->scale >= 0) {
         NX_TRY(nx_source_read_rows_f32(wr->src, tensor, r, n, wr->w, wr->raw, e));
         *src = wr->w;
         *dt = NX_DT_F32;
@@ -273,7 +273,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
         NX_TRY(read_block(wr, t, m->tensor, r, n, &src, &dt, e));
         NX_ERROR_IF(dt != NX_DT_BF16 && dt != NX_DT_F16 && dt != NX_DT_F32, e, NX_EINPUT,
                     "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, F32 or "
-                    "FP8 block-scaled", nx_source_path(wr->src, m->tensor), t->name,
+                    "FP8 with scales", nx_source_path(wr->src, m->tensor), t->name,
                     nx_dtype_name(t->dtype));
         NX_ERROR_IF(quantize_block(wr, src, dt, n, m->cols, wr->a->w[q],
                                    blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL) != 0,

@@ -7,23 +7,6 @@ gen deepseek "$W"
 "$NX_PYTHON" "$NX_TESTS/make_bad_inputs.py" --good-model "$W/deepseek" \
     --good-calib "$W/deepseek.h5" --out "$W/cases" >/dev/null
 
-refused() { # refused NP MODEL CALIB EXPECT OUT [ARGS...]
-    local np=$1 model=$2 calib=$3 expect=$4 out=$5 rc=0
-    shift 5
-    nx "$np" export --quiet --model "$model" ${calib:+--calib "$calib"} --output "$out" "$@" \
-        2>"$out.err" || rc=$?
-    if [ "$rc" -ne 2 ]; then
-        echo "  exit status $rc, expected 2"; cat "$out.err"; return 1
-    fi
-    if ! grep -qF -- "$expect" "$out.err"; then
-        echo "  message does not name '$expect':"; cat "$out.err"; return 1
-    fi
-    if [ "$(grep -c 'error:' "$out.err")" -ne 1 ]; then
-        echo "  expected exactly one error line:"; cat "$out.err"; return 1
-    fi
-    [ ! -e "$out" ] && [ ! -e "$out.nvfp4x-staging" ] || { echo "  output left behind"; return 1; }
-}
-
 while IFS=$'\x1f' read -r name model calib extra expect; do
     for np in 1 2; do
         # shellcheck disable=SC2086

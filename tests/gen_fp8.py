@@ -3,6 +3,7 @@
 
   gen_fp8.py --family deepseek --out FP8DIR --bf16-out BF16DIR --calib CALIB.h5
              [--seed N] [--shards K] [--hidden H] [--shared-experts S]
+             [--scheme block|tensor|channel] [--spelling fp8|compressed-tensors]
 
 The model is gen_checkpoint.py's deepseek fixture (MLA, dense layer 0, MoE layers with shared
 experts, MTP layer), built with a hidden size of 144 and 3 shared experts by default so that
@@ -25,6 +26,19 @@ FP8DIR gets X.weight (F8_E4M3) and X.weight_scale_inv; some scales sit in anothe
 their weight (one before, one after). config.json gains
 quantization_config {quant_method fp8, activation_scheme dynamic, fmt e4m3,
 weight_block_size [128, 128]}.
+
+--scheme tensor|channel writes the per-tensor and per-channel FP8 releases instead (Llama-4
+Maverick's FP8, llm-compressor's FP8): one scale per weight, or per output row, amax / 448,
+
+  scale = fl32(amax / 448)          X.weight_scale: F32 [] (fp8 spelling) or [1]
+                                    (compressed-tensors), per channel F32 [rows, 1]
+  fp8   = E4M3FN(fl32(w / scale))
+
+with the crafted double-rounding scale on every third weight (per tensor) or on the last row
+(per channel). --spelling fp8 declares {quant_method fp8, activation_scheme dynamic} without
+weight_block_size; --spelling compressed-tensors declares format float-quantized with static
+FP8 input activations and gives every converted linear an X.input_scale (F32 []), which the
+export must not carry over. The BF16 twin is the same for both spellings.
 
 BF16DIR is what a user's FP8->BF16 conversion gives: the same tensors in the same shards, each
 converted weight replaced by bf16_rne(fl32(fp8 * scale_inv)), no weight_scale_inv, config.json
@@ -145,31 +159,37 @@ def fp8_target(name, shape):
     return not module.endswith(("mlp.gate", ".router", "shared_expert_gate"))
 
 
-def to_fp8(w, craft_last_tile=False):
-    """w: float32 [rows, cols] -> (codes uint8 [rows, cols], scale_inv float32 [R, C]).
-    craft_last_tile: the bottom-right (partial) tile gets a double_rounding_scale."""
+def tile_shape(scheme, shape):
+    """Rows x columns that share one scale."""
+    return {"block": (BLOCK, BLOCK), "tensor": tuple(shape), "channel": (1, shape[1])}[scheme]
+
+
+def to_fp8(w, tile, craft_last_tile=False):
+    """w: float32 [rows, cols] -> (codes uint8 [rows, cols], scale float32 [R, C]) with one
+    scale per tile. craft_last_tile: the bottom-right (partial) tile gets a
+    double_rounding_scale."""
     rows, cols = w.shape
-    nr, nc = -(-rows // BLOCK), -(-cols // BLOCK)
+    tr, tc = tile
+    nr, nc = -(-rows // tr), -(-cols // tc)
     scale = np.zeros((nr, nc), dtype=F32)
     codes = np.zeros((rows, cols), dtype=np.uint8)
     for i in range(nr):
         for j in range(nc):
-            tile = w[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK]
-            amax = F32(np.abs(tile).max())
+            part = w[i * tr:(i + 1) * tr, j * tc:(j + 1) * tc]
+            amax = F32(np.abs(part).max())
             s = F32(amax / F32(448.0)) if amax > 0 else F32(1.0)
             if craft_last_tile and (i, j) == (nr - 1, nc - 1):
                 s = double_rounding_scale(s)
             scale[i, j] = s
-            q = (tile / s).astype(F32)
-            codes[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK] = \
-                e4m3_encode_saturating(q)
+            q = (part / s).astype(F32)
+            codes[i * tr:(i + 1) * tr, j * tc:(j + 1) * tc] = e4m3_encode_saturating(q)
     return codes, scale
 
 
-def dequantize(codes, scale):
-    """fl32(fp8 * scale_inv[i/128][j/128]) -> (bf16 bits, float32 values), RNE."""
+def dequantize(codes, scale, tile):
+    """fl32(fp8 * scale[i/tr][j/tc]) -> (bf16 bits, float32 values), RNE."""
     rows, cols = codes.shape
-    s = np.repeat(np.repeat(scale, BLOCK, axis=0), BLOCK, axis=1)[:rows, :cols]
+    s = np.repeat(np.repeat(scale, tile[0], axis=0), tile[1], axis=1)[:rows, :cols]
     prod = (E4M3_DECODE[codes] * s).astype(F32)   # one float32 rounding
     bits = gc.f32_to_bf16_bits(prod)
     values = (bits.astype(np.uint32) << 16).view(F32).reshape(rows, cols)
@@ -202,6 +222,31 @@ def displaced_scales(converted, wmap, nshards):
     return out
 
 
+def scale_name_shape(args, weight, scale):
+    """The scale tensor's name and shape in the chosen release layout."""
+    if args.scheme == "block":
+        return weight + "_scale_inv", list(scale.shape)
+    if args.scheme == "channel":
+        return weight + "_scale", [scale.shape[0], 1]
+    return weight + "_scale", [] if args.spelling == "fp8" else [1]
+
+
+def quantization_config(args, m, converted):
+    if args.scheme == "block":
+        return {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                "weight_block_size": [BLOCK, BLOCK]}
+    if args.spelling == "fp8":
+        return {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8"}
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False}
+    ignore = sorted(n[:-len(".weight")] for n, _, shape, _ in m.tensors
+                    if n.endswith(".weight") and len(shape) == 2 and n not in set(converted))
+    return {"quant_method": "compressed-tensors", "format": "float-quantized",
+            "quantization_status": "compressed", "ignore": ignore, "kv_cache_scheme": None,
+            "config_groups": {"group_0": {
+                "targets": ["Linear"], "weights": dict(fp8, strategy=args.scheme),
+                "input_activations": dict(fp8, strategy="tensor")}}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", required=True, choices=["deepseek"])
@@ -214,7 +259,14 @@ def main(argv=None):
                     help="hidden size (multiple of 16; default 144: two column tiles)")
     ap.add_argument("--shared-experts", type=int, default=3,
                     help="shared experts per MoE layer (default 3: 144-row shared MLP)")
+    ap.add_argument("--scheme", choices=["block", "tensor", "channel"], default="block",
+                    help="scales per 128x128 tile (default), per tensor or per output row")
+    ap.add_argument("--spelling", choices=["fp8", "compressed-tensors"], default="fp8",
+                    help="quantization_config of transformers' fp8 or of compressed-tensors "
+                         "(tensor and channel schemes)")
     args = ap.parse_args(argv)
+    if args.scheme == "block" and args.spelling != "fp8":
+        raise SystemExit("gen_fp8: the block scheme is spelled fp8 only")
     if args.shards < 2:
         raise SystemExit("gen_fp8: --shards must be at least 2 (a scale goes to another shard)")
     if args.hidden % 16:
@@ -238,14 +290,16 @@ def main(argv=None):
     for k, (name, dtype, shape, _) in enumerate(m.tensors):
         if not fp8_target(name, shape):
             continue
-        codes, scale = to_fp8(m.values[name], craft_last_tile=len(converted) % 3 == 0)
-        bits, values, dr = dequantize(codes, scale)
+        tile = tile_shape(args.scheme, shape)
+        craft = len(converted) % 3 == 0 or args.scheme == "channel"
+        codes, scale = to_fp8(m.values[name], tile, craft_last_tile=craft)
+        bits, values, dr = dequantize(codes, scale, tile)
         fp8[name] = (codes, scale)
         converted.append(name)
         m.tensors[k] = (name, "BF16", shape, bits.tobytes())
         m.values[name] = values
         tiles += scale.size
-        partial += scale.size - (shape[0] // BLOCK) * (shape[1] // BLOCK)
+        partial += scale.size - (shape[0] // tile[0]) * (shape[1] // tile[1])
         multi += int(scale.size > 1)
         double_rounded += dr
         neg_zero += int(np.count_nonzero(codes == 0x80))
@@ -278,10 +332,14 @@ def main(argv=None):
         if name in fp8:
             codes, scale = fp8[name]
             parts[f][name] = ("F8_E4M3", shape, codes.tobytes())
-            sname = name + "_scale_inv"
+            sname, sshape = scale_name_shape(args, name, scale)
             sf = files[moved[name]] if name in moved else f
-            parts[sf][sname] = ("F32", list(scale.shape), scale.astype("<f4").tobytes())
+            parts[sf][sname] = ("F32", sshape, scale.astype("<f4").tobytes())
             fp8_map[sname] = sf
+            if args.spelling == "compressed-tensors":   # static FP8 activations
+                iname = name[:-len(".weight")] + ".input_scale"
+                parts[f][iname] = ("F32", [], np.array([0.02], dtype="<f4").tobytes())
+                fp8_map[iname] = f
         else:
             parts[f][name] = (dtype, shape, data_bytes)
         fp8_map[name] = f
@@ -292,15 +350,15 @@ def main(argv=None):
     gc._json(os.path.join(fp8_dir, "model.safetensors.index.json"),
              {"metadata": {"total_size": total}, "weight_map": fp8_map})
     fp8_cfg = dict(cfg)
-    fp8_cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
-                                      "quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]}
+    fp8_cfg["quantization_config"] = quantization_config(args, m, converted)
     gc._json(os.path.join(fp8_dir, "config.json"), fp8_cfg)
 
     print("gen_fp8: %s: %d FP8 weights, %d tiles (%d partial), %d weights of several tiles, "
           "%d codes at +-448, %d negative zeros, %d elements where fl32-then-bf16 differs "
           "from one rounding; scales moved: %s; %s: its BF16 twin; %s: %d datasets"
           % (fp8_dir, len(converted), tiles, partial, multi, saturated, neg_zero,
-             double_rounded, ", ".join("%s -> %s (weight in %s)" % (n + "_scale_inv",
+             double_rounded, ", ".join("%s -> %s (weight in %s)" % (
+                                       n + ("_scale_inv" if args.scheme == "block" else "_scale"),
                                        files[k], wmap[n]) for n, k in sorted(moved.items())),
              bf16_dir, args.calib, len(data)))
     return 0

@@ -28,6 +28,24 @@ nx() { # nx NP ARGS...: run nvfp4x under mpirun with NP ranks
     "$MPIEXEC" --oversubscribe -np "$np" "$NX_BIN" "$@" </dev/null
 }
 
+refused() { # refused NP MODEL CALIB EXPECT OUT [ARGS...]: exit 2, one error line naming
+    # EXPECT, and nothing left under OUT
+    local np=$1 model=$2 calib=$3 expect=$4 out=$5 rc=0
+    shift 5
+    nx "$np" export --quiet --model "$model" ${calib:+--calib "$calib"} --output "$out" "$@" \
+        2>"$out.err" || rc=$?
+    if [ "$rc" -ne 2 ]; then
+        echo "  exit status $rc, expected 2"; cat "$out.err"; return 1
+    fi
+    if ! grep -qF -- "$expect" "$out.err"; then
+        echo "  message does not name '$expect':"; cat "$out.err"; return 1
+    fi
+    if [ "$(grep -c 'error:' "$out.err")" -ne 1 ]; then
+        echo "  expected exactly one error line:"; cat "$out.err"; return 1
+    fi
+    [ ! -e "$out" ] && [ ! -e "$out.nvfp4x-staging" ] || { echo "  output left behind"; return 1; }
+}
+
 tree_sums() { # tree_sums DIR: sha256 of every file, by name
     (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum)
 }

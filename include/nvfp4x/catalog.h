@@ -17,8 +17,9 @@ typedef struct nx_tensor {
     int32_t file;    /* index into nx_catalog.files */
     uint64_t offset; /* absolute byte offset in that file */
     uint64_t nbytes;
-    int64_t scale_inv; /* FP8 block-scaled weight: its weight_scale_inv tensor, else -1 */
-    uint8_t consumed;  /* a weight_scale_inv: read with its weight, never written */
+    int64_t scale;     /* an encoded (FP8) weight: the tensor of its scales, else -1 */
+    int64_t tile[2];   /* and the rows x columns one scale covers (encoding.h) */
+    uint8_t consumed;  /* a source scale: read with its weight or dropped, never written */
 } nx_tensor;
 
 typedef struct nx_catalog {
@@ -32,7 +33,8 @@ typedef struct nx_catalog {
     char model_type[64];
     int64_t num_hidden_layers;
     int64_t num_experts;   /* routed experts per MoE layer, 0 for a dense model */
-    int64_t fp8_block[2];  /* DeepSeek/Kimi FP8 source: weight_block_size, else 0 */
+    char encoding[192];    /* how the source stores its linears (encoding.h), for messages */
+    int64_t n_encoded;     /* weights stored encoded (FP8), decoded to BF16 on read */
     uint64_t total_bytes;  /* sum of tensor bytes */
 } nx_catalog;
 
@@ -45,7 +47,7 @@ int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err 
 void nx_catalog_free(nx_catalog *c);
 /* Index of the tensor, or -1. */
 int64_t nx_catalog_find(const nx_catalog *c, const char *name);
-/* Bytes the tensor takes once widened for output: BF16 for an FP8 block-scaled weight. */
+/* Bytes the tensor takes once decoded for output: BF16 for an FP8 weight. */
 uint64_t nx_tensor_out_bytes(const nx_tensor *t);
 /* Elements of a tensor. */
 int64_t nx_tensor_elems(const nx_tensor *t);
@@ -68,8 +70,8 @@ void nx_source_prefetch(nx_source *s, int64_t tensor);
 /* len bytes of the tensor's data starting at byte off within the tensor. */
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
 /* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an FP8
- * block-scaled weight dequantized as fl32(fp8 * scale_inv) rounded to BF16 (what a user's
- * FP8-to-BF16 conversion gives); raw is scratch of nrows*cols*dtype-size bytes. */
+ * weight decoded as fl32(fp8 * scale) rounded to BF16 (what a user's FP8-to-BF16 conversion
+ * gives); raw is scratch of nrows*cols*dtype-size bytes. */
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e);
 /* The path of a tensor's file, for messages (static buffer per call). */

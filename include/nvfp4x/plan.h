@@ -59,7 +59,7 @@ typedef struct nx_plan {
     int64_t n_out;
     nx_out *out;              /* grouped by work item */
     int64_t n_work;
-    nx_work *work;            /* catalog order (weight_scale_inv tensors have none), then KV */
+    nx_work *work;            /* catalog order (consumed source scales have none), then KV */
     int64_t *work_of;         /* per catalog tensor: its work item, or -1 */
     int32_t n_shards;
     char **shard_names;

@@ -5,8 +5,9 @@ NX_PY=/usr/bin/python3
 [ -x "$NX_PY" ] || NX_PY=$(command -v python3)
 NX_PACKAGES="cmake make gcc pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev \
 libcjson-dev python3-numpy python3-h5py"
-# Tests also build against serial HDF5, which other clusters have.
-NX_TEST_PACKAGES="libhdf5-dev time"
+# Tests also build against serial HDF5, which other clusters have; e2e_install makes and installs
+# the .deb (dpkg-shlibdeps) and renders the man page.
+NX_TEST_PACKAGES="libhdf5-dev time dpkg-dev man-db groff-base"
 
 # Open MPI refuses root unless told; CI and containers run as root.
 if [ "$(id -u)" = 0 ]; then

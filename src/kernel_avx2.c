@@ -6,7 +6,7 @@
 
 #include "kernel_common.h"
 
-#if defined(__x86_64__)
+#if NX_SIMD_BUILT
 
 #include <immintrin.h>
 #include <string.h>
@@ -255,7 +255,7 @@ NX_INSTANCE(quantize_f32, NX_DT_F32)
 
 NX_KERNEL_ENTRY(nx_nvfp4_quantize_rows_avx2)
 
-#else /* not x86-64: never chosen (nx_kernel_fn returns NULL) */
+#else /* not x86-64, or -DNX_SIMD=OFF: never chosen (nx_kernel_fn returns NULL) */
 
 NX_KERNEL_STUB(nx_nvfp4_quantize_rows_avx2)
 

@@ -20,6 +20,7 @@ static const char usage_text[] =
     "  mpirun -np N nvfp4x export --model SRC --output DST [--calib CALIB.h5] [options]\n"
     "  [mpirun -np N] nvfp4x verify DST [--model SRC [--report FILE.h5]] [--json]\n"
     "  nvfp4x plan --model SRC [--calib CALIB.h5] [--ranks N] [options]\n"
+    "  nvfp4x --help | --version\n"
     "\n"
     "Exports a Hugging Face checkpoint plus ModelOpt calibration statistics to an NVFP4\n"
     "checkpoint in ModelOpt's unified layout (vLLM, SGLang, TensorRT-LLM). Runs on one\n"
@@ -58,6 +59,9 @@ static const char usage_text[] =
     "  --report FILE.h5       with --model: reconstruction error, saturated and zero blocks\n"
     "                         and code histogram of every quantized tensor (docs/report.md)\n"
     "  --json                 violations as JSON lines\n"
+    "\n"
+    "--version prints the version, the MPI, HDF5 and cJSON libraries and the NVFP4 kernels\n"
+    "of this build. Manual: man nvfp4x.\n"
     "\n"
     "Exit status: 0 success, 1 I/O or MPI failure (verify: rule violations), 2 bad input\n"
     "or usage.\n";
@@ -210,8 +214,8 @@ static int parse_args(int argc, char **argv, cli *c, nx_err *e)
     opterr = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-        if (opt == 'h' || opt == OPT_HELP) {
-            c->cmd = "--help";
+        if (opt == 'h' || opt == OPT_HELP || opt == OPT_VERSION) {
+            c->cmd = opt == OPT_VERSION ? "--version" : "--help";
             return NX_OK;
         }
         NX_ERROR_IF(opt == '?', e, NX_EINPUT, "%s: unknown option or missing value: %s",
@@ -308,7 +312,7 @@ int main(int argc, char **argv)
             fputs(usage_text, stdout);
     } else if (rc == NX_OK && strcmp(c.cmd, "--version") == 0) {
         if (rank == 0)
-            printf("nvfp4x %s\n", NX_VERSION);
+            nx_version_print(stdout);
     } else {
         if (rc == NX_OK)
             rc = check_args(&c, &e);

@@ -212,13 +212,18 @@ int nx_nvfp4_quantize_rows_src_ref(const void *src, nx_dtype dt, int64_t rows, i
  * its CPU data is filled by a constructor, before any of our code runs. */
 static int kernel_supported(nx_kernel k)
 {
-#if defined(__x86_64__)
+#if NX_SIMD_BUILT
     if (k == NX_KERNEL_AVX2)
         return __builtin_cpu_supports("avx2");
     if (k == NX_KERNEL_AVX512)
         return __builtin_cpu_supports("avx512f");
 #endif
     return k == NX_KERNEL_REF;
+}
+
+int nx_kernel_compiled(nx_kernel k)
+{
+    return k == NX_KERNEL_REF || (NX_SIMD_BUILT && (unsigned)k < NX_KERNEL_COUNT);
 }
 
 nx_quantize_fn nx_kernel_fn(nx_kernel k)
@@ -253,6 +258,9 @@ int nx_kernel_select(nx_kernel *k, nx_err *e)
     for (int i = 0; i < NX_KERNEL_COUNT; i++) {
         if (strcmp(want, nx_kernel_name((nx_kernel)i)) != 0)
             continue;
+        NX_ERROR_IF(!nx_kernel_compiled((nx_kernel)i), e, NX_EINPUT,
+                    "NX_KERNEL=%s: this build does not contain it (built with -DNX_SIMD=OFF "
+                    "or not for x86-64)", want);
         NX_ERROR_IF(!kernel_supported((nx_kernel)i), e, NX_EINPUT,
                     "NX_KERNEL=%s: this CPU does not support it (best here: %s)", want,
                     nx_kernel_name(*k));

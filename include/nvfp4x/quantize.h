@@ -58,7 +58,13 @@ int nx_nvfp4_quantize_rows_src_ref(const void *src, nx_dtype dt, int64_t rows, i
                                    float amax, const float *block_amax, nx_numerics m,
                                    uint8_t *codes, uint8_t *scales);
 /* SIMD variants (src/kernel_avx2.c, src/kernel_avx512.c); call them only through
- * nx_kernel_fn, which knows whether this CPU runs them. */
+ * nx_kernel_fn, which knows whether this CPU runs them. They are compiled on x86-64 unless the
+ * build turned them off (cmake -DNX_SIMD=OFF defines NX_NO_SIMD); otherwise they are stubs. */
+#if defined(__x86_64__) && !defined(NX_NO_SIMD)
+#define NX_SIMD_BUILT 1
+#else
+#define NX_SIMD_BUILT 0
+#endif
 int nx_nvfp4_quantize_rows_avx2(const void *src, nx_dtype dt, int64_t rows, int64_t cols,
                                 float amax, const float *block_amax, nx_numerics m,
                                 uint8_t *codes, uint8_t *scales);
@@ -73,6 +79,8 @@ typedef enum nx_kernel {
     NX_KERNEL_COUNT
 } nx_kernel;
 
+/* Whether this build contains the variant (whatever the CPU). */
+int nx_kernel_compiled(nx_kernel k);
 /* The fastest variant this CPU runs. */
 nx_kernel nx_kernel_best(void);
 /* nx_kernel_best(), unless the environment variable NX_KERNEL=ref|avx2|avx512 names one:

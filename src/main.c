@@ -59,8 +59,8 @@ static const char usage_text[] =
     "                         and code histogram of every quantized tensor (docs/report.md)\n"
     "  --json                 violations as JSON lines\n"
     "\n"
-    "Exit status: 0 success, 1 I/O or MPI failure (verify: rule violations), 2 bad input\n"
-    "or usage.\n";
+    "Exit status: 0 success, 1 I/O or MPI failure (export: also an output that failed the\n"
+    "check before publishing; verify: rule violations), 2 bad input or usage.\n";
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,

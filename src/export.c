@@ -30,6 +30,7 @@ typedef struct pipeline {
     int kv_fp8;
     char *staging;   /* rank 0, once the staging directory is ours */
     int resumed;
+    int check_failed; /* rank 0: the pre-commit check failed; staging stays for inspection */
     double t0;       /* start, for the elapsed time in messages */
 } pipeline;
 
@@ -161,6 +162,19 @@ static int open_staging(pipeline *pl, nx_err *e)
     return NX_OK;
 }
 
+/* Rank 0, the end of phase 7: the structural rules of verify on the staging directory, then
+ * the rename that publishes it. */
+static int check_and_commit(pipeline *pl, nx_err *e)
+{
+    nx_staging_check chk;
+    int rc = nx_staging_check_commit(pl->staging, pl->o->output, pl->o->force, &chk, e);
+    pl->check_failed = chk.failed;
+    if (!chk.failed)
+        say(pl, "pre-commit check: %lld tensors, %lld quantized modules, no violation (%.2f s)",
+            (long long)chk.n_tensors, (long long)chk.n_quantized, chk.seconds);
+    return rc;
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
@@ -191,7 +205,7 @@ static int phase_write(pipeline *pl, nx_err *e)
     rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
                        : NX_OK;
     if (rc == NX_OK && pl->rank == 0)
-        rc = nx_staging_commit(pl->staging, o->output, o->force, e);
+        rc = check_and_commit(pl, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     say(pl, "wrote %s", o->output);
     return NX_OK;
@@ -210,10 +224,13 @@ static void pipeline_free(pipeline *pl)
     free(pl->staging);
 }
 
-/* After an I/O failure the staging directory stays for --resume; bad input removes it. Either
- * way nothing named like the output exists. */
+/* After an I/O failure the staging directory stays for --resume; bad input removes it; a
+ * failed pre-commit check keeps it for inspection (its message says so: a resume would write
+ * the same bytes). Either way nothing named like the output exists. */
 static void keep_or_remove_staging(const pipeline *pl, nx_err *e)
 {
+    if (pl->check_failed)
+        return;
     if (e->code != NX_EIO) {
         nx_remove_tree(pl->staging);
         return;

@@ -63,8 +63,8 @@ static const char usage_text[] =
     "--version prints the version, the MPI, HDF5 and cJSON libraries and the NVFP4 kernels\n"
     "of this build. Manual: man nvfp4x.\n"
     "\n"
-    "Exit status: 0 success, 1 I/O or MPI failure (verify: rule violations), 2 bad input\n"
-    "or usage.\n";
+    "Exit status: 0 success, 1 I/O or MPI failure (export: also an output that failed the\n"
+    "check before publishing; verify: rule violations), 2 bad input or usage.\n";
 
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,

@@ -1,4 +1,5 @@
-/* Staging directory life cycle: open (fresh or resumed), commit by one rename. */
+/* Staging directory life cycle: open (fresh or resumed), check with verify's structural rules,
+ * commit by one rename. */
 #include "nvfp4x/staging.h"
 
 #include <fcntl.h>
@@ -7,10 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nvfp4x/journal.h"
 #include "nvfp4x/util.h"
+#include "nvfp4x/verify.h"
 
 #define PLAN_ID NX_JOURNAL_DIR "/plan.id"
 
@@ -150,4 +153,78 @@ int nx_staging_commit(const char *staging, const char *dst, int force, nx_err *e
         rc = fsync_path(parent, e);
     free(parent);
     return rc;
+}
+
+static double monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The rules of the lines after the first, each once, in order of appearance: " M1 T5 ". */
+static void later_rules(const char *lines, char *buf, size_t len)
+{
+    snprintf(buf, len, " ");
+    for (const char *p = strchr(lines, '\n'); p && p[1]; p = strchr(p + 1, '\n')) {
+        char id[16];
+        size_t n = strcspn(p + 1, " \n"), used = strlen(buf);
+        if (n == 0 || n + 3 > sizeof id)
+            continue;
+        snprintf(id, sizeof id, " %.*s ", (int)n, p + 1);
+        if (strstr(buf, id) == NULL && used + n + 1 < len)
+            snprintf(buf + used, len - used, "%s", id + 1);
+    }
+}
+
+/* The error for violations: the first line verify wrote ("RULE name: message"), then how many
+ * more and their rules. A rerun would write the same bytes, so --resume is not the advice. */
+static int violations_error(const char *staging, const char *lines, int64_t n, nx_err *e)
+{
+    char rules[128], more[192] = "";
+    if (lines == NULL)
+        lines = "violations (out of memory recording them)";
+    later_rules(lines, rules, sizeof rules);
+    if (n > 1)
+        snprintf(more, sizeof more, " (and %lld more:%.*s; nvfp4x verify lists them)",
+                 (long long)(n - 1), (int)strlen(rules) - 1, rules);
+    int first = (int)strcspn(lines, "\n");
+    return nx_err_set(e, NX_EIO, "pre-commit check of %s: %.*s%s; nothing was published, the "
+                      "staging directory is kept for inspection", staging,
+                      first < 600 ? first : 600, lines, more);
+}
+
+static int staging_check(const char *staging, nx_staging_check *chk, nx_err *e)
+{
+    char *lines = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&lines, &len);
+    NX_ALLOC_CHECK(out, e, "the check's output");
+    nx_verify_opts vo = { .dir = staging, .structural = 1 };
+    nx_verify_result r;
+    nx_err ve = { 0 };
+    double t0 = monotonic_s();
+    int rc = nx_verify_run(&vo, &r, out, &ve);
+    int closed = fclose(out);
+    chk->seconds = monotonic_s() - t0;
+    chk->n_tensors = r.n_tensors;
+    chk->n_quantized = r.n_quantized;
+    chk->n_violations = r.n_violations;
+    chk->failed = rc != NX_OK || r.n_violations > 0;
+    if (rc != NX_OK)
+        rc = nx_err_set(e, NX_EIO, "pre-commit check of %s: cannot read it as a checkpoint: "
+                        "%s; nothing was published, the staging directory is kept for "
+                        "inspection", staging, ve.msg);
+    else if (r.n_violations > 0)
+        rc = violations_error(staging, closed == 0 ? lines : NULL, r.n_violations, e);
+    free(lines);
+    return rc;
+}
+
+int nx_staging_check_commit(const char *staging, const char *dst, int force,
+                            nx_staging_check *chk, nx_err *e)
+{
+    memset(chk, 0, sizeof *chk);
+    NX_TRY(staging_check(staging, chk, e));
+    return nx_staging_commit(staging, dst, force, e);
 }

@@ -923,6 +923,8 @@ static void vctx_free(vctx *v)
 static int verify_run(vctx *v, nx_err *e)
 {
     NX_ERROR_IF(v->o->dir == NULL, e, NX_EINPUT, "verify: no checkpoint directory given");
+    NX_ERROR_IF(v->o->structural && v->o->model, e, NX_EINPUT, "verify: the structural check "
+                "reads no source model");
     NX_ERROR_IF(v->report && v->o->model == NULL, e, NX_EINPUT, "verify: --report needs "
                 "--model SRC (the statistics compare the checkpoint with the source weights)");
     int rc = vctx_load(v, e);

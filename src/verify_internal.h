@@ -191,7 +191,8 @@ const char *nx_verify_set_missing(const cJSON *a, const cJSON *b, int *oom);
 
 int nx_verify_check_configs(vctx *v, nx_err *e);   /* C1 C2 C3 */
 int nx_verify_check_index(vctx *v, nx_err *e);     /* I1 */
-/* T1 T2 T3 of one quantized module; reads its scalars and scans its block scales. */
+/* T1 T2 T3 of one quantized module; reads its scalars and (unless structural) scans its
+ * block scales. */
 int nx_verify_check_module(vctx *v, module *m, nx_err *e);
 int nx_verify_check_tensors(vctx *v, nx_err *e);   /* T1 T4 of every tensor, T3 of KV scales */
 int nx_verify_check_fused(vctx *v, nx_err *e);     /* T5 */

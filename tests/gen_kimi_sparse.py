@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Generate a sparse checkpoint with exactly the shape of Kimi-K2 (DeepSeek-V3 architecture).
 
-  gen_kimi_sparse.py --out DIR [--layers N] [--shards K]
+  gen_kimi_sparse.py --out DIR [--layers N] [--shards K] [--nvfp4]
 
 DIR gets Kimi-K2's config.json (model_type kimi_k2, hidden 7168, 61 layers, first layer dense,
 384 routed experts + 1 shared, MLA attention with q/kv LoRA, vocab 163840, no MTP layer), a
@@ -12,6 +12,13 @@ it: tensors sorted by dtype, then name; header padded to 8 bytes); its data sect
 (the file is truncated to its full size), so the whole checkpoint takes a few MB of disk and is
 written in seconds. Only header readers (catalog, classify, plan) can use it: data reads as
 zeros. --layers N (1..61) gives the same shapes with N layers (layer 0 dense, the rest MoE).
+
+--nvfp4 writes instead what `nvfp4x export` makes of that checkpoint with calibration (ModelOpt's
+unified layout: every linear but the routers, embeddings and lm_head quantized, FP8 KV scales,
+10 GB shards, config.json quantization_config and hf_quant_config.json): the input for timing
+export's pre-commit check at Kimi-K2 scale (docs/performance.md). The per-tensor scales hold
+real values (one per layer, so fused groups and MoE layers agree); codes and block scales are
+holes, read as zeros.
 """
 
 import argparse
@@ -26,7 +33,8 @@ import time
 DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
                "I32", "U32", "F32", "F64", "I64", "U64"]
 DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
-DTYPE_SIZE = {"BF16": 2, "F32": 4}
+DTYPE_SIZE = {"U8": 1, "F8_E4M3": 1, "BF16": 2, "F32": 4}
+OUT_SHARD_BYTES = 10 * 10**9  # the export's default --max-shard-size
 
 # Kimi-K2-Instruct's config.json, less its FP8 quantization_config (this checkpoint is BF16).
 KIMI_K2_CONFIG = {
@@ -144,8 +152,9 @@ def split_shards(sizes, k):
     return k, assign
 
 
-def write_sparse_shard(path, entries):
-    """Header for real, data section as a hole; returns the data bytes."""
+def write_sparse_shard(path, entries, values=None):
+    """Header for real, data section as a hole but for values (name -> bytes); returns the
+    data bytes."""
     items = sorted(entries, key=lambda t: (-DTYPE_RANK[t[1]], t[0]))
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, dtype, shape in items:
@@ -156,8 +165,79 @@ def write_sparse_shard(path, entries):
     hdr += b" " * ((8 - len(hdr) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hdr)) + hdr)
+        for name, _, _ in items:
+            if values and name in values:
+                f.seek(8 + len(hdr) + header[name]["data_offsets"][0])
+                f.write(values[name])
     os.truncate(path, 8 + len(hdr) + offset)
     return offset
+
+
+def split_by_size(sizes, limit):
+    """Shards filled in order up to limit bytes, as the export cuts them -> (k, shard per
+    tensor)."""
+    assign, shard, used = [], 0, 0
+    for n in sizes:
+        if used and used + n > limit:
+            shard, used = shard + 1, 0
+        assign.append(shard)
+        used += n
+    return shard + 1, assign
+
+
+def is_quantized(name, shape):
+    """The export's default policy on this architecture."""
+    return (len(shape) == 2 and name.endswith(".weight") and "embed_tokens" not in name
+            and name != "lm_head.weight" and not name.endswith(".mlp.gate.weight"))
+
+
+def layer_of(name):
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else 0
+
+
+def f32(x):
+    return struct.pack("<f", x)
+
+
+def nvfp4_tensors(cfg):
+    """The export's tensors [(name, dtype, shape)] and scalar values {name: bytes}."""
+    tensors, values = [], {}
+    for name, dtype, shape in kimi_tensors(cfg):
+        if not is_quantized(name, shape):
+            tensors.append((name, dtype, shape))
+            continue
+        p, layer = name[:-len(".weight")], layer_of(name)
+        rows, cols = shape
+        tensors += [(name, "U8", (rows, cols // 2)),
+                    (p + ".weight_scale", "F8_E4M3", (rows, cols // 16)),
+                    (p + ".weight_scale_2", "F32", ()), (p + ".input_scale", "F32", ())]
+        values[p + ".weight_scale_2"] = f32((1.0 + layer / 64.0) / 2688.0)
+        values[p + ".input_scale"] = f32((2.0 + layer / 64.0) / 2688.0)
+        if name.endswith(".self_attn.o_proj.weight"):
+            attn = p[:-len("o_proj")]
+            for kv in ("k_proj.k_scale", "v_proj.v_scale"):
+                tensors.append((attn + kv, "F32", ()))
+                values[attn + kv] = f32(0.0125)
+    return tensors, values
+
+
+def nvfp4_configs(cfg, tensors):
+    """config.json with quantization_config, and hf_quant_config.json, as the export writes
+    them."""
+    excluded = sorted(n[:-len(".weight")] for n, d, s in tensors
+                      if n.endswith(".weight") and len(s) == 2 and d == "BF16")
+    producer = {"name": "modelopt", "version": "gen_kimi_sparse"}
+    fp4 = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}
+    qc = {"quant_method": "modelopt", "quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8",
+          "group_size": 16, "ignore": excluded, "producer": producer,
+          "config_groups": {"group_0": {"weights": fp4, "input_activations": fp4,
+                                        "targets": ["Linear"]}},
+          "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}
+    hq = {"producer": producer,
+          "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8", "group_size": 16,
+                           "exclude_modules": excluded}}
+    return dict(cfg, quantization_config=qc), hq
 
 
 def _json(path, obj):
@@ -170,23 +250,29 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--layers", type=int, default=61, help="hidden layers, 1..61 (61)")
     ap.add_argument("--shards", type=int, default=0,
-                    help="number of shards (default 64, scaled down with --layers)")
+                    help="number of source shards (default 64, scaled down with --layers)")
+    ap.add_argument("--nvfp4", action="store_true",
+                    help="write the NVFP4 export of the checkpoint instead")
     args = ap.parse_args(argv)
     if not 1 <= args.layers <= 61:
         ap.error("--layers must be 1..61")
     t0 = time.time()
     cfg = dict(KIMI_K2_CONFIG, num_hidden_layers=args.layers)
-    tensors = kimi_tensors(cfg)
+    tensors, values = nvfp4_tensors(cfg) if args.nvfp4 else (kimi_tensors(cfg), {})
     sizes = [nbytes(d, s) for _, d, s in tensors]
     total = sum(sizes)
-    want = args.shards or max(1, round(64 * args.layers / 61))
-    k, assign = split_shards(sizes, want)
     os.makedirs(args.out, exist_ok=True)
+    if args.nvfp4:
+        k, assign = split_by_size(sizes, OUT_SHARD_BYTES)
+        cfg, hq = nvfp4_configs(cfg, tensors)
+        _json(os.path.join(args.out, "hf_quant_config.json"), hq)
+    else:
+        k, assign = split_shards(sizes, args.shards or max(1, round(64 * args.layers / 61)))
     weight_map = {}
     for s in range(k):
         fname = "model-%05d-of-%05d.safetensors" % (s + 1, k)
         entries = [t for t, a in zip(tensors, assign) if a == s]
-        write_sparse_shard(os.path.join(args.out, fname), entries)
+        write_sparse_shard(os.path.join(args.out, fname), entries, values)
         weight_map.update({n: fname for n, _, _ in entries})
     _json(os.path.join(args.out, "model.safetensors.index.json"),
           {"metadata": {"total_size": total}, "weight_map": weight_map})

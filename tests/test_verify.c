@@ -521,7 +521,19 @@ static int run_verify(const char *dir, const char *model, int json, nx_verify_re
     size_t len = 0;
     *text = NULL;
     FILE *out = open_memstream(text, &len);
-    nx_verify_opts o = { dir, model, json };
+    nx_verify_opts o = { .dir = dir, .model = model, .json = json };
+    int rc = nx_verify_run(&o, r, out, e);
+    fclose(out);
+    return rc;
+}
+
+/* Export's pre-commit check (nx_verify_opts.structural). */
+static int run_structural(const char *dir, nx_verify_result *r, char **text, nx_err *e)
+{
+    size_t len = 0;
+    *text = NULL;
+    FILE *out = open_memstream(text, &len);
+    nx_verify_opts o = { .dir = dir, .structural = 1 };
     int rc = nx_verify_run(&o, r, out, e);
     fclose(out);
     return rc;
@@ -1216,6 +1228,64 @@ static void test_output_format(void)
     fixture_free(&f);
 }
 
+/* A defect, verified in full and structurally: same = the same lines (at least one), else the
+ * structural check reports nothing (it reads no block scales). */
+static void structural_case(const char *name, plant_fn plant, tamper_fn tamper, int same)
+{
+    fixture f;
+    nx_verify_result full, part;
+    nx_err e = { 0 };
+    char *dir = case_dir(name), *full_text = NULL, *part_text = NULL;
+    fixture_valid(&f);
+    if (plant)
+        plant(&f);
+    checkpoint_write(&f, dir);
+    if (tamper)
+        tamper(dir);
+    CHECK_MSG(run_verify(dir, NULL, 0, &full, &full_text, &e) == NX_OK, "%s: %s", name, e.msg);
+    CHECK_MSG(run_structural(dir, &part, &part_text, &e) == NX_OK, "%s: %s", name, e.msg);
+    printf("  %-26s verify %lld, structural %lld violation(s)\n", name,
+           (long long)full.n_violations, (long long)part.n_violations);
+    if (same)
+        CHECK_MSG(part.n_violations > 0 && strcmp(full_text, part_text) == 0,
+                  "%s: verify reported\n%sthe structural check\n%s", name, full_text, part_text);
+    else
+        CHECK_MSG(part.n_violations == 0, "%s: structural check reported\n%s", name, part_text);
+    free(full_text);
+    free(part_text);
+    free(dir);
+    fixture_free(&f);
+}
+
+static void test_structural(void)
+{
+    static const struct {
+        const char *name;
+        plant_fn plant;
+        tamper_fn tamper;
+    } same[] = {
+        { "s_c1_kv_mismatch", c1_kv_mismatch, NULL }, { "s_c3_num_bits", c3_num_bits, NULL },
+        { "s_t1_scale_dtype", t1_scale_dtype, NULL }, { "s_t2_in_features", t2_in_features, NULL },
+        { "s_t3_zero_ws2", t3_zero_ws2, NULL },
+        { "s_t4_lm_head_input_scale", t4_lm_head_input_scale, NULL },
+        { "s_t5_weight_scale_2", t5_ws2, NULL }, { "s_t5_input_scale", t5_input_scale, NULL },
+        { "s_m1_input_scale", m1_input_scale, NULL }, { "s_m1_expert_gap", m1_expert_gap, NULL },
+        { "s_m2_input_scale", m2_input_scale, NULL }, { "s_m3_mixed_status", m3_mixed, NULL },
+        { "s_m4_router_unlisted", m4_router_unlisted, NULL },
+        { "s_e1_substring_entry", e1_substring, NULL },
+        { "s_e2_lm_head_unlisted", e2_lm_head_unlisted, NULL }, { "s_k1_v_scale", k1_v_scale, NULL },
+        { "s_i1_unlisted", NULL, i1_unlisted }, { "s_i2_truncated", NULL, i2_truncated },
+    };
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++)
+        structural_case(same[i].name, same[i].plant, same[i].tamper, 1);
+    structural_case("s_valid", NULL, NULL, 0);
+    structural_case("s_t3_nan_block_scale", t3_nan_block_scale, NULL, 0);
+    nx_verify_opts o = { .dir = ".", .model = ".", .structural = 1 };
+    nx_verify_result r;
+    nx_err e = { 0 };
+    CHECK(nx_verify_run(&o, &r, stdout, &e) == NX_EINPUT);
+}
+
 static void weight_only(fixture *f)
 {
     for (int i = f->n - 1; i >= 0; i--)
@@ -1491,6 +1561,7 @@ int main(int argc, char **argv)
     RUN(test_exclude_kv_index_rules);
     RUN(test_other_families);
     RUN(test_output_format);
+    RUN(test_structural);
     RUN(test_weight_only_valid);
     RUN(test_unreadable);
     RUN(test_source_exactness);

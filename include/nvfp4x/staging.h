@@ -1,7 +1,10 @@
 /* The staging directory: the export writes into "<dst>.nvfp4x-staging" next to dst, keeps
- * its journal there, and only a complete export is renamed to dst. */
+ * its journal there, and only a complete export that passes the structural rules of verify is
+ * renamed to dst. */
 #ifndef NVFP4X_STAGING_H
 #define NVFP4X_STAGING_H
+
+#include <stdint.h>
 
 #include "nvfp4x/error.h"
 
@@ -20,5 +23,20 @@ int nx_staging_open(const char *dst, const nx_staging_opts *o, char **staging, i
 int nx_staging_commit(const char *staging, const char *dst, int force, nx_err *e);
 /* Removes a directory tree. */
 int nx_remove_tree(const char *path);
+
+/* What the check before publishing found. */
+typedef struct nx_staging_check {
+    int64_t n_tensors, n_quantized, n_violations;
+    double seconds; /* wall time of the check */
+    int failed;     /* a violation, or staging unreadable as a checkpoint: nothing was renamed */
+} nx_staging_check;
+
+/* Rank 0, the last step of an export: verify's structural rules (configs, index, shard
+ * headers, dtypes and shapes, fused siblings, MoE completeness, exclude list, KV scales) on
+ * staging, then nx_staging_commit. When the check fails nothing is renamed, staging is left as
+ * it is (journal included) and the error, NX_EIO, names the first violation's rule and tensor
+ * and how many more there are. */
+int nx_staging_check_commit(const char *staging, const char *dst, int force,
+                            nx_staging_check *chk, nx_err *e);
 
 #endif

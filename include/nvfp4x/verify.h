@@ -14,6 +14,9 @@ typedef struct nx_verify_opts {
     const char *dir;   /* the checkpoint to check */
     const char *model; /* source model directory, or NULL */
     int json;          /* violations as JSON lines instead of text */
+    int structural;    /* only the rules that configs, index, shard headers and the per-tensor
+                          scalars show (export's check before publishing): no scan of block
+                          scales (T3), no source model */
 } nx_verify_opts;
 
 typedef struct nx_verify_result {

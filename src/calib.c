@@ -319,3 +319,85 @@ int nx_calib_read(const nx_calib *c, const char *module, const char *quantizer,
     free(key);
     return rc;
 }
+
+/* ---- A range of a dataset (fused experts: one expert's static block amax) ----------------- */
+
+/* The hyperslab of the row-major range [first, first + count) when it is whole slices of one
+ * dimension d (the dimensions before d of size 1); -1 when it is not. */
+static int range_dim(const hsize_t *dims, int nd, int64_t first, int64_t count, hsize_t *start,
+                     hsize_t *len)
+{
+    for (int d = 0; d < nd; d++) {
+        uint64_t stride = 1;
+        for (int k = d + 1; k < nd; k++)
+            stride *= dims[k];
+        if ((uint64_t)first % stride == 0 && (uint64_t)count % stride == 0 &&
+            (uint64_t)(first + count) / stride <= dims[d]) {
+            for (int k = 0; k < nd; k++) {
+                start[k] = 0;
+                len[k] = dims[k];
+            }
+            start[d] = (hsize_t)((uint64_t)first / stride);
+            len[d] = (hsize_t)((uint64_t)count / stride);
+            return 0;
+        }
+        if (dims[d] != 1)
+            return -1;
+    }
+    return -1;
+}
+
+static int range_read(hid_t d, const nx_calib *c, const char *h5path, int64_t first,
+                      int64_t count, float *out, nx_err *e)
+{
+    hsize_t dims[H5S_MAX_RANK], start[H5S_MAX_RANK], len[H5S_MAX_RANK], n = (hsize_t)count;
+    hid_t file_space = H5Dget_space(d), type = H5Dget_type(d);
+    int nd = file_space >= 0 ? H5Sget_simple_extent_dims(file_space, dims, NULL) : -1;
+    int is_float = type >= 0 && H5Tget_class(type) == H5T_FLOAT, rc = NX_OK;
+    if (type >= 0)
+        H5Tclose(type);
+    if (nd < 0 || !is_float)
+        rc = nx_err_set(e, NX_EINPUT, "%s: dataset %s: %s", c->path, h5path,
+                        is_float ? "unreadable shape" : "not a float type");
+    else if (range_dim(dims, nd, first, count, start, len) != 0)
+        rc = nx_err_set(e, NX_EINPUT, "%s: dataset %s: values %lld..%lld are not whole slices of "
+                        "one dimension (store the static block amax as [E, out, in/16], "
+                        "[E*out, in/16] or flat)", c->path, h5path, (long long)first,
+                        (long long)(first + count - 1));
+    hid_t mem = rc == NX_OK ? H5Screate_simple(1, &n, NULL) : -1;
+    if (rc == NX_OK && (mem < 0 || (nd > 0 && H5Sselect_hyperslab(file_space, H5S_SELECT_SET,
+                                                                  start, NULL, len, NULL) < 0) ||
+                        H5Dread(d, H5T_NATIVE_FLOAT, mem, file_space, H5P_DEFAULT, out) < 0))
+        rc = nx_err_set(e, NX_EIO, "%s: dataset %s: read of values %lld..%lld failed", c->path,
+                        h5path, (long long)first, (long long)(first + count - 1));
+    if (mem >= 0)
+        H5Sclose(mem);
+    if (file_space >= 0)
+        H5Sclose(file_space);
+    return rc;
+}
+
+int nx_calib_read_range(const nx_calib *c, const char *module, const char *quantizer,
+                        const char *buffer, int64_t total, int64_t first, int64_t count,
+                        float *out, nx_err *e)
+{
+    char *key = calib_key(module, quantizer, buffer);
+    NX_ALLOC_CHECK(key, e, "calibration key");
+    const calib_entry *entry = calib_find(c, key);
+    int rc = entry ? NX_OK : report_missing(c, key, e);
+    free(key);
+    NX_TRY(rc);
+    NX_ERROR_IF(entry->elems != total, e, NX_EINPUT, "%s: dataset %s has %lld value%s, expected "
+                "%lld", c->path, entry->h5path, (long long)entry->elems,
+                entry->elems == 1 ? "" : "s", (long long)total);
+    if (entry->cached) {
+        out[0] = entry->value;
+        return values_check(out, 1, c->path, entry->h5path, e);
+    }
+    hid_t d = H5Dopen2(c->file, entry->h5path, H5P_DEFAULT);
+    NX_ERROR_IF(d < 0, e, NX_EIO, "%s: dataset %s: cannot open", c->path, entry->h5path);
+    rc = range_read(d, c, entry->h5path, first, count, out, e);
+    H5Dclose(d);
+    NX_TRY(rc);
+    return values_check(out, count, c->path, entry->h5path, e);
+}

@@ -40,6 +40,11 @@ void nx_catalog_free(nx_catalog *c)
     free(c->dir);
     free(c->config_text);
     nx_strmap_free(&c->by_name);
+    for (int64_t i = 0; i < c->n_fused; i++) {
+        free(c->fused[i].module);
+        free(c->fused[i].name);
+    }
+    free(c->fused);
     memset(c, 0, sizeof *c);
 }
 
@@ -221,7 +226,7 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
 
 /* The source encoding (encoding.h): decoded weights get their scale tensor and tile, scale
  * tensors and static activation scales are consumed. */
-static int link_encoding(nx_catalog *c, nx_err *e)
+static int link_encoding_only(nx_catalog *c, nx_err *e)
 {
     nx_enc_tensor *in = malloc(((size_t)c->n + 1) * sizeof *in);
     NX_ALLOC_CHECK(in, e, "the encoding table");
@@ -243,6 +248,14 @@ static int link_encoding(nx_catalog *c, nx_err *e)
     cJSON_Delete(cfg);
     free(in);
     return rc;
+}
+
+/* Fused experts around the encoding (fused.h): views first, so that the encoding sees them. */
+static int link_encoding(nx_catalog *c, nx_err *e)
+{
+    NX_TRY(nx_catalog_fused_views(c, e));
+    NX_TRY(link_encoding_only(c, e));
+    return nx_catalog_fused_finish(c, e);
 }
 
 int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
@@ -291,9 +304,14 @@ static void pack_catalog(const nx_catalog *c, nx_buf *b)
     nx_buf_put_u64(b, (uint64_t)c->n_files);
     for (int32_t f = 0; f < c->n_files; f++)
         nx_buf_put_str(b, c->files[f]);
-    nx_buf_put_u64(b, (uint64_t)c->n);
+    int64_t views = 0; /* fused-expert views are derived again by the receivers */
+    for (int64_t i = 0; i < c->n; i++)
+        views += c->t[i].view == NX_VIEW_OF_FUSED;
+    nx_buf_put_u64(b, (uint64_t)(c->n - views));
     for (int64_t i = 0; i < c->n; i++) {
         const nx_tensor *t = &c->t[i];
+        if (t->view == NX_VIEW_OF_FUSED)
+            continue;
         nx_buf_put_str(b, t->name);
         nx_buf_put_u64(b, (uint64_t)t->dtype | (uint64_t)t->ndim << 8 |
                               (uint64_t)(uint32_t)t->file << 16);

@@ -113,11 +113,26 @@ static int policy_wants(nx_policy p, const tokens *tk, int expert)
 {
     int attn = find_token(tk, "self_attn") >= 0;
     int mlp = find_token(tk, "mlp") >= 0 || find_token(tk, "block_sparse_moe") >= 0;
+    /* Fused-expert families: Llama-4's blocks are feed_forward, Qwen3.5's gated DeltaNet
+     * linear_attn; ModelOpt's nvfp4_mlp_only matches *mlp* and *.experts.*, not those. */
+    int other = find_token(tk, "feed_forward") >= 0 || find_token(tk, "linear_attn") >= 0;
     switch (p) {
-    case NX_POLICY_ALL: return attn || mlp;
-    case NX_POLICY_MLP: return mlp;
+    case NX_POLICY_ALL: return attn || mlp || other || expert;
+    case NX_POLICY_MLP: return mlp || expert;
     case NX_POLICY_EXPERTS: return expert;
     }
+    return 0;
+}
+
+/* ModelOpt's default disabled patterns (FAMILIES.md 5.1) that the families of the fused-expert
+ * issue meet: Qwen3.5's in_proj_a, in_proj_b and conv1d of linear_attn. */
+static int default_disabled(const char *name)
+{
+    static const char *const subs[] = { "linear_attn.in_proj_a", "linear_attn.in_proj_b",
+                                        "linear_attn.conv1d" };
+    for (size_t i = 0; i < sizeof subs / sizeof *subs; i++)
+        if (strstr(name, subs[i]))
+            return 1;
     return 0;
 }
 
@@ -145,6 +160,8 @@ static char *group_key(const nx_catalog *c, const tokens *tk, const char *name)
         kind = "w13";
     if (!strcmp(last, "q_a_proj") || !strcmp(last, "kv_a_proj_with_mqa"))
         kind = "mla";
+    if (!strcmp(last, "in_proj_qkv") || !strcmp(last, "in_proj_z"))
+        kind = "qkvz"; /* Qwen3.5: both read the same hidden states */
     if (!strcmp(last, "q_proj")) { /* MLA without q-LoRA fuses q_proj with kv_a_proj */
         char *kv = nx_asprintf("%s.kv_a_proj_with_mqa.weight", parent);
         if (kv && nx_catalog_find(c, kv) >= 0)
@@ -170,19 +187,64 @@ static char *module_of(const char *weight_name)
 
 char *nx_qmod_name(const nx_catalog *c, const nx_qmod *q)
 {
-    return module_of(c->t[q->tensor].name);
+    const nx_fused *f = nx_catalog_fused(c, q->tensor);
+    return f ? nx_strdup(f->name) : module_of(c->t[q->tensor].name);
+}
+
+int nx_qmod_quantizers(const nx_catalog *c, const nx_qmod *q, char **module, char wq[128],
+                       char iq[128])
+{
+    const nx_fused *f = nx_catalog_fused(c, q->tensor);
+    if (f) { /* <experts>.<attr>_weight_quantizer */
+        nx_fused_quantizer(f, "weight", wq, 128);
+        nx_fused_quantizer(f, "input", iq, 128);
+    } else {
+        snprintf(wq, 128, "weight_quantizer");
+        snprintf(iq, 128, "input_quantizer");
+    }
+    *module = f ? nx_strdup(f->module) : module_of(c->t[q->tensor].name);
+    return *module ? NX_OK : -1;
+}
+
+/* A fused-expert projection (fused.h): one routed-expert module of its MoE layer, listed under
+ * its experts module; gate_up and down share its status, not their amax. */
+static int describe_fused(const nx_catalog *c, const nx_classify_opts *o, const nx_fused *f,
+                          modinfo *m, FILE *warn, int64_t *n_warn, nx_err *e)
+{
+    tokens tk;
+    split(f->module, &tk);
+    m->name = nx_strdup(f->module);
+    m->moe = nx_strdup(f->module);
+    m->group_key = nx_strdup(f->name);
+    NX_ALLOC_CHECK(m->name && m->moe ? m->group_key : NULL, e, "a module name");
+    m->expert = 1;
+    m->slot_kind = strcmp(f->attr, "down_proj") == 0;
+    m->quant = policy_wants(o->policy, &tk, 1) && layer_of(&tk) < c->num_hidden_layers &&
+               find_token(&tk, "mtp") != 0 && !is_vision(&tk) && !matches_glob(o, m->name) &&
+               !matches_glob(o, f->name);
+    if (m->quant && f->in % 16 != 0) {
+        m->quant = 0;
+        (*n_warn)++;
+        if (warn)
+            fprintf(warn, "nvfp4x: warning: %s left unquantized: in_features %lld is not a "
+                    "multiple of 16\n", f->name, (long long)f->in);
+    }
+    return NX_OK;
 }
 
 static int describe(const nx_catalog *c, const nx_classify_opts *o, modinfo *m, FILE *warn,
                     int64_t *n_warn, nx_err *e)
 {
     const nx_tensor *t = &c->t[m->tensor];
+    const nx_fused *f = nx_catalog_fused(c, m->tensor);
+    if (f)
+        return describe_fused(c, o, f, m, warn, n_warn, e);
     m->name = module_of(t->name);
     NX_ALLOC_CHECK(m->name, e, "a module name");
     tokens tk;
     split(m->name, &tk);
     int64_t layer = layer_of(&tk);
-    int mtp = layer >= c->num_hidden_layers;
+    int mtp = layer >= c->num_hidden_layers || find_token(&tk, "mtp") == 0; /* Qwen3.5 mtp.* */
     int ep = expert_pos(&tk);
     m->expert = ep >= 0;
     if (m->expert) {
@@ -192,7 +254,7 @@ static int describe(const nx_catalog *c, const nx_classify_opts *o, modinfo *m, 
         m->slot_kind = !strcmp(proj, "down_proj") || !strcmp(proj, "w2");
     }
     m->quant = policy_wants(o->policy, &tk, m->expert) && !is_router(&tk) && !mtp &&
-               !is_vision(&tk) && !matches_glob(o, m->name);
+               !is_vision(&tk) && !matches_glob(o, m->name) && !default_disabled(m->name);
     if (m->quant && t->shape[1] % 16 != 0) {
         m->quant = 0;
         (*n_warn)++;
@@ -313,8 +375,13 @@ static int build_qmods(const nx_catalog *c, modinfo *m, int64_t n, nx_classes *k
         if (!m[i].quant)
             continue;
         const nx_tensor *t = &c->t[m[i].tensor];
+        const nx_fused *f = nx_catalog_fused(c, m[i].tensor);
         k->q[q] = (nx_qmod){ m[i].tensor, gid[q], m[i].expert ? sid[s] : -1,
                              t->shape[0], t->shape[1] };
+        if (f) { /* quantized transposed: E*out rows of in (ModelOpt's block order) */
+            k->q[q].rows = f->experts * f->out;
+            k->q[q].cols = f->in;
+        }
         if (m[i].expert && k->slot_names[sid[s]] == NULL)
             k->slot_names[sid[s]] = nx_strdup(skeys[s]);
         k->qmod_of[m[i].tensor] = q++;
@@ -378,7 +445,8 @@ static int build_excludes(const nx_catalog *c, modinfo *m, int64_t n, nx_classes
     qsort(qnames, (size_t)nq, sizeof *qnames, cmp_str);
     int rc = NX_OK;
     for (int64_t i = 0; i < n && rc == NX_OK; i++) {
-        if (m[i].quant)
+        if (m[i].quant || (k->n_excluded > 0 && /* a fused module's two projections */
+                           strcmp(k->excluded[k->n_excluded - 1], m[i].name) == 0))
             continue;
         k->excluded[k->n_excluded] = nx_strdup(m[i].name);
         k->patterns[k->n_excluded] = summarize(m[i].name, qnames, nq);
@@ -410,7 +478,8 @@ static int build_attn(const nx_catalog *c, nx_classes *k, nx_err *e)
         split(c->t[i].name, &tk);
         int at = find_token(&tk, "self_attn");
         int64_t layer = layer_of(&tk);
-        if (at < 0 || layer < 0 || layer >= c->num_hidden_layers)
+        if (at < 0 || layer < 0 || layer >= c->num_hidden_layers || is_vision(&tk) ||
+            find_token(&tk, "mtp") == 0)
             continue;
         char *attn = join(&tk, at + 1);
         int put = attn ? nx_strmap_put(&seen, attn, 0) : -1;
@@ -453,7 +522,10 @@ int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, F
     for (int64_t i = 0; i < c->n && rc == NX_OK; i++) {
         const nx_tensor *t = &c->t[i];
         size_t len = strlen(t->name);
-        if (t->ndim != 2 || len <= 7 || strcmp(t->name + len - 7, ".weight") != 0)
+        int weight = len > 7 && strcmp(t->name + len - 7, ".weight") == 0;
+        /* fused experts; a Conv1d under linear_attn is ModelOpt-quantizable, so listed */
+        int conv = weight && t->ndim == 3 && default_disabled(t->name);
+        if ((t->ndim != 2 || !weight || t->consumed) && !conv && nx_catalog_fused(c, i) == NULL)
             continue;
         m[n].tensor = i;
         rc = describe(c, o, &m[n++], warn, &k->n_warnings, e);

@@ -34,7 +34,8 @@ static int str_is(const char *s, const char *want)
 
 /* The encodings nvfp4x reads, for messages that refuse another. */
 #define READS "nvfp4x reads BF16/F16/F32, FP8 \"fp8\" (block-scaled with weight_block_size, or " \
-              "per-tensor/per-channel weight_scale) and compressed-tensors \"float-quantized\""
+              "per-tensor/per-channel weight_scale), compressed-tensors \"float-quantized\" " \
+              "and gpt-oss's \"mxfp4\" experts"
 
 /* quant_method "fp8": block-scaled with weight_block_size, else per tensor or channel. */
 static int fp8_scheme(const char *where, const cJSON *qc, nx_encoding *enc, int64_t block[2],
@@ -126,7 +127,6 @@ static const char *known_unread(const char *method)
 {
     static const char *const names[][2] = {
         { "modelopt", "an NVIDIA ModelOpt export, already quantized" },
-        { "mxfp4", "MXFP4 (gpt-oss)" },
         { "gptq", "GPTQ INT4/INT8" },
         { "awq", "AWQ INT4" },
         { "bitsandbytes", "bitsandbytes INT8/4-bit" },
@@ -155,6 +155,11 @@ static int config_scheme(const char *where, const cJSON *config, nx_encoding *en
         return fp8_scheme(where, qc, enc, block, e);
     if (strcmp(method, "compressed-tensors") == 0)
         return ct_scheme(where, qc, enc, e);
+    if (strcmp(method, "mxfp4") == 0) { /* fused-expert issue: gpt-oss */
+        enc->kind = NX_ENC_MXFP4;
+        snprintf(enc->what, sizeof enc->what, "MXFP4 experts (quant_method mxfp4, gpt-oss)");
+        return NX_OK;
+    }
     const char *known = known_unread(method);
     return nx_err_set(e, NX_EINPUT, "%s/config.json: quantization_config.quant_method \"%s\"%s%s"
                       "%s is not an encoding nvfp4x reads; " READS, where, method,
@@ -290,9 +295,29 @@ static int drop_activation_scale(scan *s, int64_t i, nx_err *e)
     return NX_OK;
 }
 
+/* gpt-oss: X_blocks U8 [..., n, 16] decodes with X_scales U8 [..., n], one E8M0 byte per 32
+ * values (mxfp4.h; fused.h checks the shapes). */
+static int link_mxfp4(scan *s, int64_t i, nx_err *e)
+{
+    const char *name = s->t[i].name;
+    size_t len = strlen(name) - strlen("_blocks");
+    char *sc = nx_asprintf("%.*s_scales", (int)len, name);
+    int64_t k = sc ? nx_strmap_get(&s->names, sc) : -2;
+    free(sc);
+    NX_ERROR_IF(k == -2, e, NX_EIO, "out of memory");
+    NX_ERROR_IF(k < 0, e, NX_EINPUT, "%s: MXFP4 tensor %s has no %.*s_scales beside it",
+                s->where, name, (int)len, name);
+    s->enc->link[i] = (nx_enc_link){ k, { 1, 32 }, 0 };
+    s->enc->link[k].dropped = 1;
+    return NX_OK;
+}
+
 static int link_one(scan *s, int64_t i, nx_err *e)
 {
-    const char *name = s->t[i].name, *foreign = foreign_artifact(name);
+    const char *name = s->t[i].name;
+    if (s->enc->kind == NX_ENC_MXFP4 && ends_with(name, "_blocks"))
+        return link_mxfp4(s, i, e);
+    const char *foreign = foreign_artifact(name);
     NX_ERROR_IF(foreign != NULL, e, NX_EINPUT, "%s: tensor %s belongs to an encoding nvfp4x "
                 "does not read (%s); " READS, s->where, name, foreign);
     if (ends_with(name, ".weight_scale_inv"))
@@ -321,6 +346,9 @@ static int check_linked(scan *s, nx_err *e)
         s->enc->n_dropped += l->dropped;
         if (l->scale >= 0 || l->dropped)
             continue;
+        NX_ERROR_IF(s->enc->kind == NX_ENC_MXFP4 && ends_with(t->name, "_scales"), e,
+                    NX_EINPUT, "%s: MXFP4 scales %s have no _blocks beside them", s->where,
+                    t->name);
         NX_ERROR_IF(t->dtype == NX_DT_F8_E4M3, e, NX_EINPUT, "%s: FP8 tensor %s has no %s "
                     "beside it", s->where, t->name, s->enc->kind == NX_ENC_FP8_BLOCK
                     ? "weight_scale_inv" : "weight_scale");

@@ -57,8 +57,11 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld FP8 weights decoded to BF16 on read", pl->cat.encoding,
-        (long long)pl->cat.n_encoded);
+    say(pl, "source encoding: %s; %lld encoded weights decoded to BF16 on read",
+        pl->cat.encoding, (long long)pl->cat.n_encoded);
+    if (pl->cat.n_fused > 0)
+        say(pl, "fused experts: %lld projections exported fused [E, in/2, out]",
+            (long long)pl->cat.n_fused);
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
@@ -134,9 +137,10 @@ static char *options_text(const pipeline *pl)
         size_t len = strlen(excl);
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
-    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s",
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s",
                        o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
-                       o->weight_only, pl->kv_fp8, (int)o->format, excl);
+                       o->weight_only, pl->kv_fp8, (int)o->format, excl,
+                       o->cast_mxfp4 ? " cast_mxfp4=1" : "");
 }
 
 /* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
@@ -182,9 +186,12 @@ static int phase_write(pipeline *pl, nx_err *e)
     int rc = nx_source_open(&pl->src, &pl->cat, pl->o->mem_budget, e);
     if (rc == NX_OK)
         rc = nx_amax_sync(&pl->src, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
-                          &pl->amax, pl->comm, e);
+                          o->cast_mxfp4, &pl->amax, pl->comm, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
+    if (o->cast_mxfp4)
+        say(pl, "cast-mxfp4: %lld of %lld MXFP4 blocks lossless (codes = the MXFP4 nibbles)",
+            (long long)pl->amax.cast_lossless, (long long)pl->amax.cast_blocks);
     NX_TRY(open_staging(pl, e));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
@@ -260,14 +267,43 @@ int nx_export_run(const nx_export_opts *o, MPI_Comm comm, nx_err *e)
     return rc;
 }
 
+/* Fused experts (fused.h): what is exported fused, and how each tensor is cut into pieces. */
+static void print_fused(const pipeline *pl, FILE *out)
+{
+    const nx_catalog *c = &pl->cat;
+    int64_t views = 0;
+    for (int64_t i = 0; i < c->n; i++)
+        views += c->t[i].view == NX_VIEW_OF_FUSED;
+    if (views > 0)
+        fprintf(out, "fused experts exported per expert: %lld views of [E, out, in] tensors\n",
+                (long long)views);
+    if (c->n_fused == 0)
+        return;
+    fprintf(out, "fused experts exported fused: %lld projections\n", (long long)c->n_fused);
+    for (int64_t i = 0; i < c->n_fused; i++) {
+        const nx_fused *f = &c->fused[i];
+        char slice[32];
+        nx_format_bytes(nx_fused_piece_bf16_bytes(f, 0), slice, sizeof slice);
+        int q = pl->cls.qmod_of[f->tensor] >= 0;
+        fprintf(out, "  %s %s [E=%lld, in=%lld, out=%lld]%s -> %s; %lld pieces (%s, %lld input "
+                "rows, %s BF16 each)\n", f->name, f->mxfp4 ? "MXFP4" : nx_dtype_name(c->t[
+                f->tensor].dtype), (long long)f->experts, (long long)f->in, (long long)f->out,
+                f->interleaved ? " gate/up interleaved" : "", q ? "NVFP4 [E, in/2, out]"
+                : f->mxfp4 ? "BF16 [E, in, out]" : "copied", (long long)f->n_pieces,
+                f->pieces_per_expert > 1 ? "row blocks" : "experts", (long long)f->piece_in,
+                slice);
+    }
+}
+
 static void print_plan(const pipeline *pl, FILE *out)
 {
     const nx_plan *p = &pl->plan;
     char b[32];
     fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
             (long long)pl->cat.n, pl->cat.n_files);
-    fprintf(out, "source encoding: %s; %lld FP8 weights decoded to BF16 on read\n",
+    fprintf(out, "source encoding: %s; %lld encoded weights decoded to BF16 on read\n",
             pl->cat.encoding, (long long)pl->cat.n_encoded);
+    print_fused(pl, out);
     fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
             (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);
     fprintf(out, "excluded modules: %lld, exclude_modules:\n", (long long)pl->cls.n_excluded);

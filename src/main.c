@@ -35,6 +35,8 @@ static const char usage_text[] =
     "                         routed experts only\n"
     "  --exclude GLOB         leave matching modules unquantized (repeatable; '*' spans dots)\n"
     "  --weight-only          W4A16_NVFP4: no input scales, calibration optional\n"
+    "  --cast-mxfp4           MXFP4 experts (gpt-oss): ModelOpt's closed-form lossless cast\n"
+    "                         (--cast_mxfp4_to_nvfp4) instead of quantizing their BF16 decode\n"
     "  --kv-cache auto|fp8|none  FP8 KV-cache scales (auto: fp8 when the calibration has\n"
     "                         k/v amax for every attention layer)\n"
     "  --format modelopt|compressed-tensors  ModelOpt's unified layout (default) or\n"
@@ -70,7 +72,7 @@ enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_E
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
        OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
        OPT_NO_FSYNC,
-       OPT_REPORT };
+       OPT_REPORT, OPT_CAST_MXFP4 };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -80,6 +82,7 @@ static const struct option long_opts[] = {
     { "quantize", required_argument, 0, OPT_QUANTIZE },
     { "exclude", required_argument, 0, OPT_EXCLUDE },
     { "weight-only", no_argument, 0, OPT_WEIGHT_ONLY },
+    { "cast-mxfp4", no_argument, 0, OPT_CAST_MXFP4 },
     { "kv-cache", required_argument, 0, OPT_KV },
     { "max-shard-size", required_argument, 0, OPT_SHARD },
     { "threads", required_argument, 0, OPT_THREADS },
@@ -163,6 +166,7 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_OUTPUT: c->x.output = arg; return NX_OK;
     case OPT_CALIB: c->x.calib = arg; return NX_OK;
     case OPT_WEIGHT_ONLY: c->x.weight_only = 1; return NX_OK;
+    case OPT_CAST_MXFP4: c->x.cast_mxfp4 = 1; return NX_OK;
     case OPT_FORCE: c->x.force = 1; return NX_OK;
     case OPT_RESUME: c->x.resume = 1; return NX_OK;
     case OPT_NO_FSYNC: c->x.no_fsync = 1; return NX_OK;

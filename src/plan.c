@@ -72,6 +72,80 @@ static int quant_outputs(const nx_catalog *c, const nx_qmod *q, const nx_plan_op
     return rc;
 }
 
+/* A fused-expert projection (fused.h), quantized: <name> U8 [E, in/2, out], <name>_weight_scale
+ * F8_E4M3 [E, in/16, out], <name>_weight_scale_2 and <name>_input_scale F32 []. */
+static int fused_outputs(const nx_fused *f, int64_t t, const nx_plan_opts *o, nx_out *out,
+                         int32_t *n, nx_err *e)
+{
+    static const char *const sfx[4] = { "", "_weight_scale", "_weight_scale_2", "_input_scale" };
+    static const nx_out_kind kinds[4] = { NX_OUT_CODES, NX_OUT_SCALES, NX_OUT_WS2,
+                                          NX_OUT_INPUT_SCALE };
+    NX_ERROR_IF(o->format != NX_FORMAT_MODELOPT, e, NX_EINPUT, "%s: compressed-tensors has no "
+                "layout for fused experts (Llama-4, gpt-oss); export them with --format "
+                "modelopt, or leave them out with --exclude '%s'", f->name, f->module);
+    *n = o->weight_only ? 3 : 4;
+    for (int32_t j = 0; j < *n; j++) {
+        nx_out *x = &out[j];
+        memset(x, 0, sizeof *x);
+        x->name = nx_asprintf("%s%s", f->name, sfx[j]);
+        NX_ALLOC_CHECK(x->name, e, "an output name");
+        x->kind = kinds[j];
+        x->src = t;
+        x->dtype = j == 0 ? NX_DT_U8 : j == 1 ? NX_DT_F8_E4M3 : NX_DT_F32;
+        x->ndim = j < 2 ? 3 : 0;
+        int64_t shape[3] = { f->experts, f->in / (j == 0 ? 2 : NX_BLOCK), f->out };
+        memcpy(x->shape, shape, sizeof shape);
+        x->nbytes = nx_dtype_size(x->dtype) * (j < 2 ? (uint64_t)(shape[0] * shape[1] *
+                                                                  shape[2]) : 1);
+    }
+    return NX_OK;
+}
+
+/* An MXFP4 projection left unquantized: its BF16 decode in the [E, in, out] orientation that
+ * transformers loads (GptOssExperts). */
+static int fused_decoded(const nx_fused *f, int64_t t, nx_out *out, nx_err *e)
+{
+    memset(out, 0, sizeof *out);
+    out->name = nx_strdup(f->name);
+    NX_ALLOC_CHECK(out->name, e, "an output name");
+    out->kind = NX_OUT_DEQUANT;
+    out->src = t;
+    out->dtype = NX_DT_BF16;
+    out->ndim = 3;
+    out->shape[0] = f->experts;
+    out->shape[1] = f->in;
+    out->shape[2] = f->out;
+    out->nbytes = (uint64_t)(f->experts * f->in * f->out) * 2;
+    return NX_OK;
+}
+
+/* A fused tensor in pieces: one work item each, all writing into the same outputs. */
+static int fused_work(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o,
+                      int64_t i, nx_plan *p, nx_err *e)
+{
+    const nx_fused *f = nx_catalog_fused(c, i);
+    int32_t n_out = 1;
+    int64_t first = p->n_out;
+    if (k->qmod_of[i] >= 0)
+        NX_TRY(fused_outputs(f, i, o, &p->out[first], &n_out, e));
+    else
+        NX_TRY(fused_decoded(f, i, &p->out[first], e));
+    p->n_out += n_out;
+    p->work_of[i] = p->n_work;
+    size_t esz = nx_dtype_size(c->t[i].dtype);
+    for (int64_t piece = 0; piece < f->n_pieces; piece++) {
+        nx_work *w = &p->work[p->n_work++];
+        *w = (nx_work){ .tensor = i, .first = first, .n_out = n_out, .piece = piece };
+        w->cost = nx_fused_piece_read_bytes(f, piece, (int)esz);
+        for (int32_t j = 0; j < n_out; j++) {
+            uint64_t off, len;
+            nx_work_range(c, p, w, j, &off, &len);
+            w->cost += len;
+        }
+    }
+    return NX_OK;
+}
+
 static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
 {
     memset(out, 0, sizeof *out);
@@ -89,8 +163,10 @@ static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
 static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o,
                          nx_plan *p, nx_err *e)
 {
-    int64_t n_kv = o->kv_fp8 ? k->n_attn : 0;
-    p->work = calloc((size_t)(c->n + n_kv) + 1, sizeof *p->work);
+    int64_t n_kv = o->kv_fp8 ? k->n_attn : 0, pieces = 0;
+    for (int64_t i = 0; i < c->n_fused; i++)
+        pieces += c->fused[i].n_pieces;
+    p->work = calloc((size_t)(c->n + n_kv + pieces) + 1, sizeof *p->work);
     p->work_of = malloc(((size_t)c->n + 1) * sizeof *p->work_of);
     p->out = calloc((size_t)(c->n + 3 * k->n_q + 2 * n_kv) + 1, sizeof *p->out);
     NX_ERROR_IF(!p->work || !p->work_of || !p->out, e, NX_EIO, "out of memory planning");
@@ -98,10 +174,16 @@ static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan
         p->work_of[i] = -1;
         if (c->t[i].consumed)
             continue;
+        const nx_fused *f = nx_catalog_fused(c, i);
+        if (f && (k->qmod_of[i] >= 0 || f->mxfp4)) { /* fused.h: split into pieces */
+            NX_TRY(fused_work(c, k, o, i, p, e));
+            continue;
+        }
         p->work_of[i] = p->n_work;
         nx_work *w = &p->work[p->n_work++];
         int64_t q = k->qmod_of[i];
         w->tensor = i;
+        w->piece = -1;
         w->first = p->n_out;
         if (q >= 0)
             NX_TRY(quant_outputs(c, &k->q[q], o, &p->out[p->n_out], &w->n_out, e));
@@ -117,6 +199,7 @@ static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan
     for (int64_t a = 0; a < n_kv; a++) {
         nx_work *w = &p->work[p->n_work++];
         w->tensor = -1;
+        w->piece = -1;
         w->first = p->n_out;
         w->n_out = 2;
         NX_TRY(set_scalar(&p->out[p->n_out++], NX_OUT_K_SCALE, a, k->attn[a], o->format, e));
@@ -253,7 +336,9 @@ static int assign_owners(const nx_catalog *c, nx_plan *p, int nranks, nx_err *e)
             left -= p->rank_cost[r];
             r++;
         }
-        uint64_t sz = w->tensor >= 0 ? c->t[w->tensor].nbytes : 0;
+        const nx_fused *f = w->piece >= 0 ? nx_catalog_fused(c, w->tensor) : NULL;
+        uint64_t sz = f ? nx_fused_piece_bf16_bytes(f, w->piece)
+                        : w->tensor >= 0 ? c->t[w->tensor].nbytes : 0;
         if (sz > p->rank_peak[w->rank])
             p->rank_peak[w->rank] = sz;
     }
@@ -272,6 +357,23 @@ int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *
 int nx_plan_owner(const nx_plan *p, int64_t tensor)
 {
     return p->work[p->work_of[tensor]].rank;
+}
+
+void nx_work_range(const nx_catalog *c, const nx_plan *p, const nx_work *w, int32_t j,
+                   uint64_t *off, uint64_t *len)
+{
+    const nx_out *out = &p->out[w->first + j];
+    const nx_fused *f = w->piece >= 0 ? nx_catalog_fused(c, w->tensor) : NULL;
+    *off = 0;
+    *len = out->nbytes;
+    if (f == NULL)
+        return;
+    if (out->kind == NX_OUT_CODES || out->kind == NX_OUT_SCALES || out->kind == NX_OUT_DEQUANT)
+        nx_fused_piece_range(f, w->piece, out->kind == NX_OUT_CODES ? NX_FUSED_CODES :
+                             out->kind == NX_OUT_SCALES ? NX_FUSED_SCALES : NX_FUSED_BF16, off,
+                             len);
+    else if (w->piece != 0)
+        *len = 0;
 }
 
 void nx_plan_free(nx_plan *p)

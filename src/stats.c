@@ -26,31 +26,32 @@ static void h5_form(const char *mod, char *buf, size_t len)
             *p = '/';
 }
 
-/* Weight statistics of one module: static (block amax + global amax), scalar, or none. */
-static int read_weight(const nx_calib *cal, const char *mod, const nx_qmod *q, nx_stats *s,
-                       int64_t i, nx_err *e)
+/* Weight statistics of one module: static (block amax + global amax), scalar, or none. wq is
+ * its weight quantizer ("weight_quantizer", or "<attr>_weight_quantizer" of fused experts). */
+static int read_weight(const nx_calib *cal, const char *mod, const char *wq, const nx_qmod *q,
+                       nx_stats *s, int64_t i, nx_err *e)
 {
     int64_t blocks = q->rows * (q->cols / 16);
-    int64_t n_amax = nx_calib_count(cal, mod, "weight_quantizer", "_amax");
-    int64_t n_global = nx_calib_count(cal, mod, "weight_quantizer", "_global_amax");
+    int64_t n_amax = nx_calib_count(cal, mod, wq, "_amax");
+    int64_t n_global = nx_calib_count(cal, mod, wq, "_global_amax");
     const char *file = nx_calib_path(cal);
     char h5[512];
     h5_form(mod, h5, sizeof h5);
     if (n_global >= 0) {
         NX_ERROR_IF(n_amax != blocks, e, NX_EINPUT,
-                    "%s: dataset /%s/weight_quantizer/_amax has %lld values, expected %lld "
-                    "(rows*cols/16 per-block amax, required with _global_amax)", file, h5,
+                    "%s: dataset /%s/%s/_amax has %lld values, expected %lld "
+                    "(rows*cols/16 per-block amax, required with _global_amax)", file, h5, wq,
                     (long long)(n_amax < 0 ? 0 : n_amax), (long long)blocks);
         s->w_static[i] = 1;
-        return nx_calib_read(cal, mod, "weight_quantizer", "_global_amax", &s->w_amax[i], 1, e);
+        return nx_calib_read(cal, mod, wq, "_global_amax", &s->w_amax[i], 1, e);
     }
     if (n_amax < 0)
         return NX_OK;
     NX_ERROR_IF(n_amax != 1, e, NX_EINPUT,
-                "%s: dataset /%s/weight_quantizer/_amax has %lld values, expected 1 (or "
-                "rows*cols/16 = %lld with a _global_amax dataset)", file, h5,
+                "%s: dataset /%s/%s/_amax has %lld values, expected 1 (or "
+                "rows*cols/16 = %lld with a _global_amax dataset)", file, h5, wq,
                 (long long)n_amax, (long long)blocks);
-    return nx_calib_read(cal, mod, "weight_quantizer", "_amax", &s->w_amax[i], 1, e);
+    return nx_calib_read(cal, mod, wq, "_amax", &s->w_amax[i], 1, e);
 }
 
 /* Reads the statistics of every stride-th module and attention, starting at first. */
@@ -59,11 +60,12 @@ static int read_share(const nx_calib *cal, const nx_catalog *c, const nx_classes
 {
     int rc = NX_OK;
     for (int64_t i = first; i < k->n_q && rc == NX_OK; i += stride) {
-        char *mod = nx_qmod_name(c, &k->q[i]);
-        rc = mod ? read_optional(cal, mod, "input_quantizer", "_amax", &s->in_amax[i], e)
+        char *mod = NULL, wq[128], iq[128];
+        rc = nx_qmod_quantizers(c, &k->q[i], &mod, wq, iq) == NX_OK
+                 ? read_optional(cal, mod, iq, "_amax", &s->in_amax[i], e)
                  : nx_err_set(e, NX_EIO, "out of memory");
         if (rc == NX_OK)
-            rc = read_weight(cal, mod, &k->q[i], s, i, e);
+            rc = read_weight(cal, mod, wq, &k->q[i], s, i, e);
         free(mod);
     }
     for (int64_t a = first; a < k->n_attn && rc == NX_OK; a += stride) {

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "nvfp4x/comm.h"
+#include "nvfp4x/fused.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/util.h"
 
@@ -99,6 +101,75 @@ static int weight_absmax(nx_source *src, int64_t tensor, scratch *sc, float *ama
     return rc;
 }
 
+/* ---- Fused experts (fused.h): the pieces a rank owns ---------------------------------------- */
+
+/* max |W| over this rank's pieces of fused tensor t (NX_ABSENT when it owns none). */
+static int fused_absmax(nx_source *src, const nx_plan *p, int64_t t, int rank,
+                        nx_fused_scratch **fs, float *amax, nx_err *e)
+{
+    const nx_fused *f = nx_catalog_fused(src->c, t);
+    for (int64_t w = p->work_of[t]; w < p->work_of[t] + f->n_pieces; w++) {
+        float m;
+        if (p->work[w].rank != rank)
+            continue;
+        NX_TRY(nx_fused_piece_absmax(src, f, p->work[w].piece, fs, &m, e));
+        NX_ERROR_IF(!isfinite(m), e, NX_EINPUT, "%s: tensor %s contains NaN or Inf (piece %lld: "
+                    "expert %lld)", nx_source_path(src, t), src->c->t[t].name,
+                    (long long)p->work[w].piece, (long long)(p->work[w].piece /
+                                                             f->pieces_per_expert));
+        *amax = m > *amax ? m : *amax;
+    }
+    return NX_OK;
+}
+
+static int is_cast(const nx_catalog *c, const nx_qmod *q, int cast_mxfp4)
+{
+    const nx_fused *f = nx_catalog_fused(c, q->tensor);
+    return cast_mxfp4 && f && f->mxfp4;
+}
+
+/* --cast-mxfp4: every rank counts the E8M0 bytes of its pieces; the summed histogram of each
+ * MXFP4 tensor gives ModelOpt's closed form (mxfp4.h), the same on every rank. */
+static int cast_sync(nx_source *src, const nx_classes *k, const nx_plan *p, int rank,
+                     nx_amax *a, MPI_Comm comm, nx_err *e)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < k->n_q; i++)
+        n += is_cast(src->c, &k->q[i], 1);
+    NX_ERROR_IF(n == 0, e, NX_EINPUT, "--cast-mxfp4: %s has no quantized MXFP4 experts "
+                "(gpt-oss's *_blocks/*_scales)", src->c->dir);
+    int64_t *hist = calloc((size_t)n * 256, sizeof *hist);
+    nx_fused_scratch *fs = NULL;
+    int rc = hist ? NX_OK : nx_err_set(e, NX_EIO, "out of memory for the cast");
+    for (int64_t i = 0, h = 0; rc == NX_OK && i < k->n_q; i++) {
+        if (!is_cast(src->c, &k->q[i], 1))
+            continue;
+        const nx_fused *f = nx_catalog_fused(src->c, k->q[i].tensor);
+        for (int64_t w = p->work_of[f->tensor]; rc == NX_OK && w < p->work_of[f->tensor] +
+                                                               f->n_pieces; w++)
+            if (p->work[w].rank == rank)
+                rc = nx_fused_piece_scale_hist(src, f, p->work[w].piece, hist + h * 256, &fs, e);
+        h++;
+    }
+    nx_fused_scratch_free(fs);
+    rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK)
+        MPI_Allreduce(MPI_IN_PLACE, hist, (int)(n * 256), MPI_INT64_T, MPI_SUM, comm);
+    for (int64_t i = 0, h = 0; rc == NX_OK && i < k->n_q; i++) {
+        if (!is_cast(src->c, &k->q[i], 1))
+            continue;
+        nx_mxfp4_cast mc;
+        nx_mxfp4_cast_from_hist(hist + 256 * h++, &mc);
+        a->w[i] = mc.global_amax;
+        a->w_from_weight[i] = 0;
+        a->cast_kmax[i] = mc.kmax_blocks;
+        a->cast_blocks += mc.blocks;
+        a->cast_lossless += mc.lossless;
+    }
+    free(hist);
+    return rc;
+}
+
 /* Owners compute max |W| for their modules that calibration gave no weight amax. */
 static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats *s,
                              const nx_plan *p, int rank, float *group, nx_amax *a, nx_err *e)
@@ -108,11 +179,17 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
         max_cols = k->q[i].cols > max_cols ? k->q[i].cols : max_cols;
     size_t elems = (size_t)(max_cols > ROW_BLOCK_ELEMS ? max_cols : ROW_BLOCK_ELEMS);
     scratch sc = { NULL, NULL };
+    nx_fused_scratch *fs = NULL;
     int rc = NX_OK;
     for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
         const nx_qmod *q = &k->q[i];
         float v = s->w_amax[i];
-        if (v == NX_ABSENT) {
+        if (a->cast_kmax[i] != NX_NOT_CAST)
+            continue; /* closed form, cast_sync */
+        if (v == NX_ABSENT && nx_catalog_fused(src->c, q->tensor)) {
+            a->w_from_weight[i] = 1;
+            rc = fused_absmax(src, p, q->tensor, rank, &fs, &v, e);
+        } else if (v == NX_ABSENT) {
             a->w_from_weight[i] = 1;
             if (nx_plan_owner(p, q->tensor) != rank)
                 continue;
@@ -126,6 +203,7 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
         if (v > group[q->group])
             group[q->group] = v;
     }
+    nx_fused_scratch_free(fs);
     free(sc.w);
     free(sc.raw);
     return rc;
@@ -199,7 +277,7 @@ static int check_resolved(const nx_catalog *c, const nx_classes *k, const float 
 }
 
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e)
+                 int weight_only, int cast_mxfp4, nx_amax *a, MPI_Comm comm, nx_err *e)
 {
     const nx_catalog *c = src->c;
     int rank;
@@ -210,11 +288,14 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     a->in = calloc(n, sizeof *a->in);
     a->w_from_weight = calloc(n, 1);
     a->in_from_layer = calloc(n, 1);
+    a->cast_kmax = malloc(n * sizeof *a->cast_kmax);
     float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
-    int rc = a->w && a->in && a->w_from_weight && a->in_from_layer && group
+    int rc = a->w && a->in && a->w_from_weight && a->in_from_layer && a->cast_kmax && group
                  ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        a->cast_kmax[i] = is_cast(c, &k->q[i], cast_mxfp4) ? 0 : NX_NOT_CAST;
     if (rc == NX_OK)
         rc = local_weight_amax(src, k, s, p, rank, group, a, e);
     rc = nx_agree(rc, e, comm);
@@ -222,8 +303,11 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
         MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);
         for (int64_t i = 0; i < k->n_q; i++)
             a->w[i] = group[k->q[i].group];
-        rc = check_resolved(c, k, a->w, "weight", e);
     }
+    if (rc == NX_OK && cast_mxfp4)
+        rc = cast_sync(src, k, p, rank, a, comm, e);
+    if (rc == NX_OK)
+        rc = check_resolved(c, k, a->w, "weight", e);
     if (rc == NX_OK && !weight_only)
         rc = resolve_inputs(c, k, s, a, e);
     if (rc == NX_OK && !weight_only)
@@ -238,5 +322,6 @@ void nx_amax_free(nx_amax *a)
     free(a->in);
     free(a->w_from_weight);
     free(a->in_from_layer);
+    free(a->cast_kmax);
     memset(a, 0, sizeof *a);
 }

@@ -10,6 +10,7 @@
 
 #include "nvfp4x/calib.h"
 #include "nvfp4x/comm.h"
+#include "nvfp4x/fused.h"
 #include "nvfp4x/journal.h"
 #include "nvfp4x/progress.h"
 #include "nvfp4x/report.h"
@@ -72,6 +73,8 @@ typedef struct writer {
     nx_quantize_fn kernel;               /* the fastest variant this CPU runs */
     nx_report_entry *rep;                /* --report: one entry per module quantized here */
     int64_t n_rep, cap_rep;
+    nx_fused_scratch *fs;                /* fused-expert pieces (fused.h): buffers */
+    nx_qstats *fused_stats;              /* --report: per fused projection, summed over ranks */
     uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
@@ -122,10 +125,12 @@ static int outputs_match(writer *wr, const nx_work *w, const uint32_t *crc, int 
         const nx_out *out = &wr->p->out[w->first + j];
         int fd = -1;
         uint32_t got = 0;
+        uint64_t first, bytes; /* a fused piece's part of the output (plan.h) */
+        nx_work_range(wr->c, wr->p, w, j, &first, &bytes);
         NX_TRY(shard_fd(wr, out->shard, &fd, path, sizeof path, e));
-        for (uint64_t off = 0; off < out->nbytes; off += COPY_CHUNK) {
-            size_t len = out->nbytes - off < COPY_CHUNK ? (size_t)(out->nbytes - off) : COPY_CHUNK;
-            NX_TRY(nx_pread_full(fd, wr->raw, len, out->offset + off, path, e));
+        for (uint64_t off = 0; off < bytes; off += COPY_CHUNK) {
+            size_t len = bytes - off < COPY_CHUNK ? (size_t)(bytes - off) : COPY_CHUNK;
+            NX_TRY(nx_pread_full(fd, wr->raw, len, out->offset + first + off, path, e));
             got = nx_crc32c(got, wr->raw, len);
         }
         *match = got == crc[j];
@@ -173,13 +178,20 @@ static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
-static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
+/* The calibration file for static per-block amax: the collectively opened one, or opened here. */
+static int calib_handle(writer *wr, nx_err *e)
 {
-    const nx_qmod *m = &wr->k->q[q];
     if (wr->calib == NULL && wr->o->calib)
         wr->calib = wr->o->calib;
     if (wr->calib == NULL)
         NX_TRY(nx_calib_open(wr->o->calib_path, &wr->calib, e));
+    return NX_OK;
+}
+
+static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    NX_TRY(calib_handle(wr, e));
     int64_t n = m->rows * (m->cols / NX_BLOCK);
     *blocks = malloc(((size_t)n + 1) * sizeof **blocks);
     NX_ALLOC_CHECK(*blocks, e, "static block amax");
@@ -319,6 +331,62 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
+/* ---- Fused-expert pieces (fused.h) --------------------------------------------------------- */
+
+static int fused_write(void *ctx, int part, uint64_t off, const void *buf, size_t len, nx_err *e)
+{
+    writer *wr = ctx;
+    return out_write(wr, &wr->p->out[wr->item->first + part], off, buf, len, e);
+}
+
+/* One piece of a fused tensor: its part of the codes and scales (or of the BF16 decode of an
+ * MXFP4 source left unquantized); piece 0 also writes the two scalars. */
+static int fused_piece(writer *wr, const nx_work *w, nx_err *e)
+{
+    const nx_fused *f = nx_catalog_fused(wr->c, w->tensor);
+    int64_t q = wr->k->qmod_of[w->tensor];
+    nx_fused_job j = { .src = wr->src, .f = f, .piece = w->piece, .quantize = q >= 0,
+                       .numerics = wr->o->numerics, .kernel = wr->kernel,
+                       .threads = wr->o->threads, .write = fused_write, .ctx = wr };
+    if (q >= 0) {
+        j.amax = wr->a->w[q];
+        j.cast = wr->a->cast_kmax[q] != NX_NOT_CAST;
+        j.kmax_blocks = wr->a->cast_kmax[q];
+        if (!j.cast && wr->s->w_static[q]) {
+            NX_TRY(calib_handle(wr, e));
+            j.calib = wr->calib;
+        }
+        if (wr->fused_stats)
+            j.stats = &wr->fused_stats[wr->c->t[w->tensor].fused - 1];
+    }
+    NX_TRY(nx_fused_produce(&j, &wr->fs, e));
+    wr->done += nx_fused_piece_read_bytes(f, w->piece, (int)nx_dtype_size(wr->c->t[w->tensor].dtype));
+    nx_progress_poll(&wr->pg, wr->done);
+    if (q < 0 || w->piece != 0)
+        return NX_OK;
+    const nx_out *out = &wr->p->out[w->first];
+    NX_TRY(write_f32(wr, &out[2], nx_weight_scale_2(wr->a->w[q], wr->o->numerics), e));
+    if (w->n_out > 3)
+        NX_TRY(write_f32(wr, &out[3], nx_input_scale(wr->a->in[q], wr->o->numerics), e));
+    return NX_OK;
+}
+
+/* --report: a fused projection's pieces were quantized on any ranks; rank 0 reports the sum. */
+static int fused_report(writer *wr, nx_err *e)
+{
+    int rank;
+    MPI_Comm_rank(wr->pg.comm, &rank);
+    nx_fused_qstats_reduce(wr->fused_stats, wr->c->n_fused, wr->pg.comm);
+    for (int64_t i = 0; rank == 0 && i < wr->c->n_fused; i++) {
+        int64_t q = wr->k->qmod_of[wr->c->fused[i].tensor];
+        if (q < 0)
+            continue;
+        NX_TRY(report_begin(wr, q, e));
+        wr->rep[wr->n_rep - 1].st = wr->fused_stats[i];
+    }
+    return NX_OK;
+}
+
 static int kv_scales(writer *wr, const nx_work *w, nx_err *e)
 {
     const nx_out *k = &wr->p->out[w->first], *v = k + 1;
@@ -333,7 +401,9 @@ static int produce(writer *wr, const nx_work *w, nx_err *e)
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
     int rc;
-    if (wr->k->qmod_of[w->tensor] >= 0)
+    if (w->piece >= 0)
+        rc = fused_piece(wr, w, e);
+    else if (wr->k->qmod_of[w->tensor] >= 0)
         rc = quantize_tensor(wr, w, e);
     else if (wr->p->out[w->first].kind == NX_OUT_DEQUANT)
         rc = dequant_tensor(wr, w, e);
@@ -364,13 +434,18 @@ static int64_t stall_setting(int rank)
 /* Reuses a journaled item when resuming, else produces it and journals it. */
 static int process(writer *wr, const nx_work *w, nx_err *e)
 {
-    const char *key = wr->p->out[w->first].name;
+    char key[1200]; /* a fused piece: "<first output>#<piece>" */
+    snprintf(key, sizeof key, w->piece >= 0 ? "%s#%lld" : "%s", wr->p->out[w->first].name,
+             (long long)w->piece);
     const uint32_t *crc = wr->o->resumed ? nx_journal_lookup(&wr->jr, key) : NULL;
     int reuse = 0;
     if (crc)
         NX_TRY(outputs_match(wr, w, crc, &reuse, e));
     if (reuse) {
-        wr->done += w->tensor >= 0 ? wr->c->t[w->tensor].nbytes : 0;
+        const nx_fused *f = w->piece >= 0 ? nx_catalog_fused(wr->c, w->tensor) : NULL;
+        wr->done += f ? nx_fused_piece_read_bytes(f, w->piece, (int)nx_dtype_size(
+                            wr->c->t[w->tensor].dtype))
+                      : w->tensor >= 0 ? wr->c->t[w->tensor].nbytes : 0;
         nx_progress_poll(&wr->pg, wr->done);
         return NX_OK;
     }
@@ -399,6 +474,10 @@ static int writer_init(writer *wr, nx_err *e)
     wr->fds = malloc(((size_t)wr->p->n_shards + 1) * sizeof *wr->fds);
     NX_ERROR_IF(!wr->raw || !wr->w || !wr->codes || !wr->scales || !wr->fds, e, NX_EIO,
                 "out of memory for the row buffers");
+    if (wr->o->report && wr->c->n_fused > 0) {
+        wr->fused_stats = calloc((size_t)wr->c->n_fused, sizeof *wr->fused_stats);
+        NX_ALLOC_CHECK(wr->fused_stats, e, "fused-expert statistics");
+    }
     for (int32_t s = 0; s < wr->p->n_shards; s++)
         wr->fds[s] = -1;
     int rank;
@@ -426,6 +505,7 @@ static int writer_close(writer *wr, int rc, nx_err *e)
         nx_calib_close(wr->calib);
     rc = nx_journal_close(&wr->jr, rc, e);
     free(wr->fds);
+    nx_fused_scratch_free(wr->fs);
     free(wr->raw);
     free(wr->w);
     free(wr->codes);
@@ -455,13 +535,16 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     while (next < p->n_work && rc == NX_OK && !wr.pg.stop) {
         int64_t i = next;
         next = first_owned(p, i + 1, rank);
-        if (next < p->n_work && p->work[next].tensor >= 0)
+        if (next < p->n_work && p->work[next].tensor >= 0 && p->work[next].piece < 0)
             nx_source_prefetch(src, p->work[next].tensor); /* read ahead while we work */
         rc = process(&wr, &p->work[i], e);
     }
     nx_progress_finish(&wr.pg, rc != NX_OK);
     rc = writer_close(&wr, rc, e);
     rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK && wr.fused_stats)
+        rc = nx_agree(fused_report(&wr, e), e, comm);
+    free(wr.fused_stats);
     if (rc == NX_OK && o->report)
         rc = nx_report_write(o->report, wr.rep, wr.n_rep, comm, e);
     for (int64_t i = 0; i < wr.n_rep; i++)

@@ -32,6 +32,14 @@ int64_t nx_calib_count(const nx_calib *c, const char *module, const char *quanti
 int nx_calib_read(const nx_calib *c, const char *module, const char *quantizer,
                   const char *buffer, float *out, int64_t n, nx_err *e);
 
+/* Values [first, first + count) of the row-major flattening of that dataset, which must hold
+ * total values, checked like nx_calib_read. The range must be whole slices of one dimension
+ * (the dimensions before it of size 1): one expert of a fused-expert block amax stored as
+ * [E, out, in/16], [E*out, in/16] or flat. */
+int nx_calib_read_range(const nx_calib *c, const char *module, const char *quantizer,
+                        const char *buffer, int64_t total, int64_t first, int64_t count,
+                        float *out, nx_err *e);
+
 /* Number of datasets indexed, for diagnostics. */
 int64_t nx_calib_size(const nx_calib *c);
 

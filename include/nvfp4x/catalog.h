@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "nvfp4x/error.h"
+#include "nvfp4x/fused.h"
 #include "nvfp4x/safetensors.h"
 #include "nvfp4x/util.h"
 
@@ -20,7 +21,11 @@ typedef struct nx_tensor {
     int64_t scale;     /* an encoded (FP8) weight: the tensor of its scales, else -1 */
     int64_t tile[2];   /* and the rows x columns one scale covers (encoding.h) */
     uint8_t consumed;  /* a source scale: read with its weight or dropped, never written */
+    uint8_t view;      /* fused experts (fused.h): NX_VIEW_OF_FUSED or NX_VIEW_PARENT */
+    int32_t fused;     /* a fused-expert projection: 1 + its index in nx_catalog.fused; 0 none */
 } nx_tensor;
+
+enum { NX_VIEW_NONE, NX_VIEW_OF_FUSED, NX_VIEW_PARENT };
 
 typedef struct nx_catalog {
     char *dir;
@@ -36,7 +41,21 @@ typedef struct nx_catalog {
     char encoding[192];    /* how the source stores its linears (encoding.h), for messages */
     int64_t n_encoded;     /* weights stored encoded (FP8), decoded to BF16 on read */
     uint64_t total_bytes;  /* sum of tensor bytes */
+    int64_t n_fused;
+    nx_fused *fused;       /* fused-expert projections exported fused (fused.h) */
 } nx_catalog;
+
+/* The fused-expert projection tensor i is the source of, or NULL. */
+static inline const nx_fused *nx_catalog_fused(const nx_catalog *c, int64_t i)
+{
+    return i >= 0 && c->t[i].fused > 0 ? &c->fused[c->t[i].fused - 1] : NULL;
+}
+
+/* Fused experts (fused.h) on a loaded catalog: per-expert views of [E, out, in] tensors are
+ * added (and the catalog re-sorted), BMM projections recorded. Before the encoding is linked. */
+int nx_catalog_fused_views(nx_catalog *c, nx_err *e);
+/* After it: fused parents are not written; an MXFP4 _blocks outside fused experts is refused. */
+int nx_catalog_fused_finish(nx_catalog *c, nx_err *e);
 
 /* Rank-local: reads dir/config.json, dir/model.safetensors.index.json (or the single
  * dir/model.safetensors) and every shard header. Every tensor must be in exactly one shard

@@ -47,7 +47,13 @@ typedef struct nx_classes {
 int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,
                 nx_err *e);
 void nx_classes_free(nx_classes *k);
-/* Module name of a quantized module (the weight's name without ".weight"), malloc'd. */
+/* Module name of a quantized module (the weight's name without ".weight"; a fused-expert
+ * projection's output name, "<experts>.gate_up_proj"), malloc'd. */
 char *nx_qmod_name(const nx_catalog *c, const nx_qmod *q);
+/* Where calibration keeps its statistics: *module (malloc'd) with the quantizers wq and iq,
+ * "weight_quantizer"/"input_quantizer", or "<attr>_weight_quantizer"/"<attr>_input_quantizer"
+ * on the experts module of a fused projection. */
+int nx_qmod_quantizers(const nx_catalog *c, const nx_qmod *q, char **module, char wq[128],
+                       char iq[128]);
 
 #endif

@@ -14,7 +14,8 @@
 typedef enum nx_enc_kind {
     NX_ENC_FLOAT,      /* BF16, F16 or F32 weights: no quantization_config */
     NX_ENC_FP8_BLOCK,  /* F8_E4M3 + F32 weight_scale_inv per b0 x b1 tile (DeepSeek, Kimi) */
-    NX_ENC_FP8_TENSOR  /* F8_E4M3 + weight_scale per tensor or per output channel */
+    NX_ENC_FP8_TENSOR, /* F8_E4M3 + weight_scale per tensor or per output channel */
+    NX_ENC_MXFP4       /* gpt-oss: <x>_blocks U8 + <x>_scales E8M0 per 32 (fused.h, mxfp4.h) */
 } nx_enc_kind;
 
 /* What the detection reads of one tensor. */

@@ -17,6 +17,7 @@ typedef struct nx_export_opts {
     nx_numerics numerics;
     nx_classify_opts classify;
     int weight_only;
+    int cast_mxfp4;  /* --cast-mxfp4: ModelOpt's closed-form cast of MXFP4 experts (mxfp4.h) */
     nx_format format;
     nx_kv_mode kv;
     uint64_t max_shard_bytes;

@@ -45,6 +45,8 @@ typedef struct nx_work {
     int32_t n_out;
     int32_t rank;     /* owner */
     uint64_t cost;    /* bytes read + written */
+    int64_t piece;    /* a piece of a fused-expert tensor (fused.h): it writes its byte range
+                         of each output; -1: the whole tensor */
 } nx_work;
 
 typedef struct nx_plan_opts {
@@ -77,5 +79,9 @@ int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *
 void nx_plan_free(nx_plan *p);
 /* The rank that reads a catalog tensor. */
 int nx_plan_owner(const nx_plan *p, int64_t tensor);
+/* The byte range of output j (0 .. n_out-1) that work item w writes: all of it, or its piece's
+ * part (a fused tensor's scalars belong to piece 0). */
+void nx_work_range(const nx_catalog *c, const nx_plan *p, const nx_work *w, int32_t j,
+                   uint64_t *off, uint64_t *len);
 
 #endif

@@ -17,11 +17,18 @@ typedef struct nx_amax {
     float *in;               /* resolved input amax; unused with weight-only */
     uint8_t *w_from_weight;  /* fallback used: amax computed from the weight */
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
+    int32_t *cast_kmax;      /* --cast-mxfp4, per module from MXFP4: the k_max of its closed-form
+                                per-block amax (mxfp4.h); NX_NOT_CAST for every other module */
+    int64_t cast_blocks, cast_lossless; /* MXFP4 blocks cast, and how many of them losslessly */
 } nx_amax;
 
-/* Tensors read here stay in memory for phase 6 as far as src's budget allows. */
+#define NX_NOT_CAST INT32_MIN
+
+/* Tensors read here stay in memory for phase 6 as far as src's budget allows. cast_mxfp4: the
+ * weight amax of MXFP4 fused experts is ModelOpt's closed form from their E8M0 scales
+ * (--cast-mxfp4), whatever the calibration holds for them. */
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
+                 int weight_only, int cast_mxfp4, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);
 
 #endif

@@ -372,10 +372,121 @@ class Calib:
 
 
 # --------------------------------------------------------------------------------------
+# Fused experts (FAMILIES.md 1, 2, 4): Llama-4, gpt-oss (MXFP4), Qwen3.5
+# --------------------------------------------------------------------------------------
+
+FUSED_RE = re.compile(r"^(.*\bexperts)\.(gate_up_proj|down_proj)(_blocks)?$")
+
+
+def mxfp4_decode(blocks, scales):
+    """OpenAI's MXFP4 release: U8 [E, rows, n, 16] nibbles (low nibble = even element) and E8M0
+    bytes [E, rows, n] -> float32 [E, rows, 32 n], each value E2M1 * 2^(byte - 127), which BF16
+    holds exactly (transformers' convert_moe_packed_tensors)."""
+    lo = (blocks & 0xF).astype(np.int64)
+    hi = (blocks >> 4).astype(np.int64)
+    codes = np.empty(blocks.shape[:-1] + (32,), dtype=np.int64)
+    codes[..., 0::2] = lo
+    codes[..., 1::2] = hi
+    pow2 = np.ldexp(np.float32(1), scales.astype(np.int64) - 127).astype(F32)
+    vals = (E2M1_DECODE[codes] * pow2[..., None]).astype(F32)
+    return vals.reshape(blocks.shape[0], blocks.shape[1], -1)
+
+
+def mxfp4_cast(blocks, scales):
+    """ModelOpt's closed-form MXFP4 -> NVFP4 cast (numeric_utils.py): (global amax, per-16-block
+    amax [E, rows, 2 n], lossless block count, block count)."""
+    k = scales.astype(np.int64) - 127
+    nonzero = scales > 0
+    kmax = int(k[nonzero].max()) if nonzero.any() else 0
+    g = F32(6.0 * 448.0 * 2.0 ** (kmax - 8))
+    lossless = int(((k >= kmax - 17) | ~nonzero).sum())
+    kmax_b = int(k[nonzero].max()) if nonzero.any() else -127
+    delta = k - (kmax_b - 8)
+    in_range = (delta >= -9) & (delta <= 8)
+    pow2 = np.ldexp(np.float32(1), k).astype(F32)
+    mags = np.maximum(blocks & 7, (blocks >> 4) & 7).max(axis=-1)
+    data = (E2M1_DECODE[mags] * pow2).astype(F32)
+    amax = np.where(in_range, (F32(6) * pow2).astype(F32), data).astype(F32)
+    return g, np.repeat(amax, 2, axis=-1), lossless, scales.size
+
+
+class FusedProj:
+    """One [E, in, out] projection exported fused: <module>.<attr> U8 [E, in/2, out], ..."""
+
+    def __init__(self, module, attr, w, sources, mx=None):
+        self.module, self.attr, self.w, self.sources, self.mx = module, attr, w, sources, mx
+        self.name = module + "." + attr
+
+
+def _bf16_tensor(w):
+    u = np.ascontiguousarray(w, dtype=F32).view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+    return Tensor("BF16", list(w.shape), bits.tobytes())
+
+
+def fused_view(config, tensors):
+    """Finds fused experts. Returns (tensors with Qwen3.5's per-expert views added, {name:
+    FusedProj} of BMM projections, set of source tensors never written as such)."""
+    tensors = dict(tensors)
+    fused, consumed = {}, set()
+    pairs = {}
+    for name in tensors:
+        m = FUSED_RE.match(name)
+        if m:
+            pairs.setdefault((m.group(1), bool(m.group(3))), {})[m.group(2)] = name
+    for (module, mx), names in sorted(pairs.items()):
+        if set(names) != {"gate_up_proj", "down_proj"}:
+            raise RefError("%s: fused experts without both projections" % module)
+        gu, dn = tensors[names["gate_up_proj"]], tensors[names["down_proj"]]
+        if mx:
+            for attr, src in names.items():
+                blocks = np.frombuffer(tensors[src].data, np.uint8).reshape(tensors[src].shape)
+                sname = src[:-len("_blocks")] + "_scales"
+                scales = np.frombuffer(tensors[sname].data, np.uint8).reshape(tensors[sname].shape)
+                w = mxfp4_decode(blocks, scales).transpose(0, 2, 1)  # [E, in, out]
+                fused[module + "." + attr] = FusedProj(module, attr, w, (src, sname),
+                                                       (blocks, scales))
+                consumed |= {src, sname}
+            continue
+        if gu.shape[1] == dn.shape[2] and gu.shape[2] == 2 * dn.shape[1]:  # [E, in, out]
+            for attr, src in names.items():
+                fused[src] = FusedProj(module, attr, tensors[src].to_f32(src), (src,))
+            continue
+        # [E, out, in] (Qwen3.5): per expert gate = rows [:I], up = rows [I:], and down
+        g, d = gu.to_f32(names["gate_up_proj"]), dn.to_f32(names["down_proj"])
+        inter = d.shape[2]
+        for e in range(g.shape[0]):
+            for proj, w in (("gate_proj", g[e, :inter]), ("up_proj", g[e, inter:]),
+                            ("down_proj", d[e])):
+                tensors["%s.%d.%s.weight" % (module, e, proj)] = _bf16_tensor(w)
+        consumed |= set(names.values())
+    return tensors, fused, consumed
+
+
+def fused_quantize(fp, amax, static_blocks, numerics):
+    """Each expert's weight transposed (blocks of 16 along the input dim), one amax for all;
+    codes and scales transposed back: ([E, in/2, out], [E, in/16, out], ws2)."""
+    e, fin, fout = fp.w.shape
+    wt = fp.w.transpose(0, 2, 1).reshape(e * fout, fin)
+    if static_blocks is not None:
+        ws2, codes, packed = quantize_static(wt, static_blocks.reshape(e * fout, fin // 16), amax,
+                                             numerics)
+    else:
+        ws2, codes, packed = quantize_dynamic(wt, amax, numerics)
+    packed = packed.reshape(e, fout, fin // 2).transpose(0, 2, 1)
+    codes = codes.reshape(e, fout, fin // 16).transpose(0, 2, 1)
+    return np.ascontiguousarray(packed), np.ascontiguousarray(codes), ws2
+
+
+# ModelOpt's default disabled patterns met by these families (FAMILIES.md 5.1).
+DISABLED_SUBSTRINGS = ("linear_attn.in_proj_a", "linear_attn.in_proj_b", "linear_attn.conv1d")
+
+
+# --------------------------------------------------------------------------------------
 # Classification (DESIGN.md "Rules")
 # --------------------------------------------------------------------------------------
 
-SCOPES = {"self_attn", "mlp", "block_sparse_moe"}
+SCOPES = {"self_attn", "mlp", "block_sparse_moe", "feed_forward", "linear_attn"}
 ROUTER_SUFFIXES = ("mlp.gate", ".router", "block_sparse_moe.gate", "shared_expert_gate")
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 EXPERT_RE = re.compile(r"^(.*)\.experts\.(\d+)\.([^.]+)$")
@@ -418,6 +529,7 @@ def fused_groups(modules):
         union([p + "q_proj", p + "k_proj", p + "v_proj"])
         union([p + "gate_proj", p + "up_proj"])
         union([p + "w1", p + "w3"])
+        union([p + "in_proj_qkv", p + "in_proj_z"])
         if "kv_a_proj_with_mqa" in leaves:
             q = "q_a_proj" if "q_a_proj" in leaves else "q_proj"
             union([p + q, p + "kv_a_proj_with_mqa"])
@@ -455,26 +567,40 @@ class Plan:
     """Everything the reference decides before computing bytes."""
 
 
-def classify(config, tensors, policy="all", excludes=()):
-    nlayers = int(config["num_hidden_layers"])
+def classify(config, tensors, policy="all", excludes=(), fused=None, consumed=()):
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nlayers = int(text["num_hidden_layers"])
+    fused = fused or {}
     modules = {}
     for name, t in tensors.items():
-        if name.endswith(".weight") and len(t.shape) == 2:
-            modules[name[:-len(".weight")]] = t.shape
+        if name.endswith(".weight") and name not in consumed and (
+                len(t.shape) == 2 or (len(t.shape) == 3 and ".conv1d." in name)):
+            modules[name[:-len(".weight")]] = [t.shape[0], t.shape[1]]
+    for fp in fused.values():  # listed and matched by their experts module
+        modules[fp.name] = [fp.w.shape[0] * fp.w.shape[2], fp.w.shape[1]]
 
     def is_mtp(name):
-        m = LAYER_RE.match(name + ".")
-        return bool(m) and int(m.group(1)) >= nlayers
+        m = re.search(r"(?:^|\.)layers\.(\d+)\.", name + ".")
+        return name.startswith("mtp.") or (bool(m) and int(m.group(1)) >= nlayers)
+
+    def is_vision(name):
+        return any(c.startswith("vision") or c == "visual" for c in name.split("."))
 
     def in_scope(module):
         comps = module.split(".")
-        if not SCOPES.intersection(comps) or is_router(module) or is_mtp(module):
+        is_expert = expert_key(module) is not None or module in fused
+        if not (SCOPES.intersection(comps) or is_expert) or is_router(module) or \
+                is_mtp(module) or is_vision(module) or any(d in module for d in
+                                                           DISABLED_SUBSTRINGS):
             return False
         if policy == "mlp":
-            return "mlp" in comps or "block_sparse_moe" in comps
+            return "mlp" in comps or "block_sparse_moe" in comps or is_expert
         if policy == "experts":
-            return expert_key(module) is not None
+            return is_expert
         return True
+
+    def listed(m):
+        return fused[m].module if m in fused else m
 
     groups = fused_groups(modules)
     experts_of_layer = {}
@@ -482,10 +608,12 @@ def classify(config, tensors, policy="all", excludes=()):
         k = expert_key(m)
         if k:
             experts_of_layer.setdefault(k[0], set()).add(m)
+        if m in fused:
+            experts_of_layer.setdefault(fused[m].module, set()).add(m)
 
     base = {m for m in modules if in_scope(m)}
     seeds = {m for m in base if modules[m][1] % 16 != 0 or
-             any(fnmatch.fnmatchcase(m, g) for g in excludes)}
+             any(fnmatch.fnmatchcase(n, g) for g in excludes for n in {m, listed(m)})}
     dropped, stack = set(seeds), list(seeds)
     while stack:
         m = stack.pop()
@@ -493,6 +621,8 @@ def classify(config, tensors, policy="all", excludes=()):
         k = expert_key(m)
         if k:
             spread |= experts_of_layer[k[0]]
+        if m in fused:
+            spread |= experts_of_layer[fused[m].module]
         for n in spread:
             if n in base and n not in dropped:
                 dropped.add(n)
@@ -503,10 +633,12 @@ def classify(config, tensors, policy="all", excludes=()):
     plan.modules = modules
     plan.groups = groups
     plan.quantized = base - dropped
-    plan.excluded = set(modules) - plan.quantized
-    plan.exclude_modules = summarize_excludes(plan.excluded, plan.quantized)
+    plan.excluded = {listed(m) for m in set(modules) - plan.quantized}
+    plan.exclude_modules = summarize_excludes({listed(m) for m in plan.excluded},
+                                              {listed(m) for m in plan.quantized})
     plan.attentions = sorted({m.group(1) for m in map(ATTN_RE.match, tensors)
-                              if m and not is_mtp(m.group(1))})
+                              if m and not is_mtp(m.group(1)) and not is_vision(m.group(1))})
+    plan.fused = fused
     return plan
 
 
@@ -523,8 +655,52 @@ def _positive(value, what):
         raise RefError("%s: resolved amax %r is not finite and > 0" % (what, float(value)))
 
 
+def fused_export(plan, calib, numerics, weight_only, cast_mxfp4, out):
+    """Outputs of the BMM projections (FAMILIES.md 1.4, 2.2): fused and transposed when
+    quantized; an MXFP4 one left unquantized as its BF16 decode [E, in, out]. Returns the
+    (lossless, total) MXFP4 block counts of the cast."""
+    counts = [0, 0]
+    for name, fp in sorted(plan.fused.items()):
+        if name not in plan.quantized:
+            if fp.mx is not None:
+                out[name] = _bf16_tensor(fp.w)
+            continue
+        e, fin, fout = fp.w.shape
+        wq, iq = fp.attr + "_weight_quantizer", fp.attr + "_input_quantizer"
+        static = None
+        if cast_mxfp4 and fp.mx is not None:
+            amax, static, lossless, total = mxfp4_cast(*fp.mx)
+            counts[0] += lossless
+            counts[1] += total
+        else:
+            ga, wa = calib.get(fp.module, wq, "_global_amax"), calib.get(fp.module, wq, "_amax")
+            if ga is not None:
+                if wa is None or wa.size != e * fout * fin // 16:
+                    raise RefError("%s: static block amax of the wrong size"
+                                   % Calib.dataset_path(fp.module, wq, "_amax"))
+                amax, static = ga[0], wa
+            elif wa is not None:
+                amax = wa[0]
+            else:
+                if not np.all(np.isfinite(fp.w)):
+                    raise RefError("%s: weight contains NaN or Inf" % name)
+                amax = F32(np.abs(fp.w).max())
+        _positive(amax, name + " weight")
+        packed, codes, ws2 = fused_quantize(fp, F32(amax), static, numerics)
+        out[name] = Tensor("U8", [e, fin // 2, fout], packed.tobytes())
+        out[name + "_weight_scale"] = Tensor("F8_E4M3", [e, fin // 16, fout], codes.tobytes())
+        out[name + "_weight_scale_2"] = _scalar_f32(ws2)
+        if not weight_only:
+            v = calib.get(fp.module, iq, "_amax")
+            if v is None:
+                raise RefError("no input amax for %s" % Calib.dataset_path(fp.module, iq, "_amax"))
+            _positive(v[0], name + " input")
+            out[name + "_input_scale"] = _scalar_f32(input_scale(v[0], numerics))
+    return counts
+
+
 def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", excludes=(),
-                     weight_only=False, kv_cache="auto"):
+                     weight_only=False, kv_cache="auto", cast_mxfp4=False):
     """Returns (expected tensors {name: Tensor}, plan, hf_quant_config dict)."""
     cfg_path = os.path.join(model_dir, "config.json")
     try:
@@ -532,10 +708,10 @@ def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", e
             config = json.load(f)
     except (OSError, ValueError) as exc:
         raise RefError("%s: %s" % (cfg_path, exc))
-    tensors = load_checkpoint(model_dir)
+    tensors, fused, consumed = fused_view(config, load_checkpoint(model_dir))
     calib = Calib(calib_path)
-    plan = classify(config, tensors, policy, excludes)
-    quantized = sorted(plan.quantized)
+    plan = classify(config, tensors, policy, excludes, fused, consumed)
+    quantized = sorted(q for q in plan.quantized if q not in fused)
 
     weights, own_amax, static = {}, {}, {}
     for m in quantized:
@@ -626,10 +802,12 @@ def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", e
                     kv["%s.%s.%s" % (a, proj, scale)] = kv_scale(v[0], numerics)
 
     out = {}
-    replaced = {m + ".weight" for m in quantized}
+    replaced = {m + ".weight" for m in quantized} | set(consumed)
+    replaced |= {n for fp in fused.values() for n in fp.sources}
     for name, t in tensors.items():
         if name not in replaced:
             out[name] = t
+    plan.cast_counts = fused_export(plan, calib, numerics, weight_only, cast_mxfp4, out)
     for m in quantized:
         rows, cols = plan.modules[m]
         if m in static:
@@ -676,7 +854,7 @@ def compressed_tensors_view(expected, plan):
     P.input_global_scale = fl32(1 / input_scale), scalars F32 [1]; the KV scales go on the
     attention module: <attn>.k_scale / <attn>.v_scale, F32 [1], same value."""
     out = dict(expected)
-    for m in sorted(plan.quantized):
+    for m in sorted(q for q in plan.quantized if q not in plan.fused):
         out[m + ".weight_packed"] = out.pop(m + ".weight")
         out[m + ".weight_global_scale"] = _reciprocal(out.pop(m + ".weight_scale_2"),
                                                       m + ".weight_scale_2")
@@ -779,7 +957,7 @@ def _describe_diff(want, got):
 def compare(args):
     expected, plan, hf_quant = reference_export(
         args.model, args.calib, args.numerics, args.quantize, args.exclude or (),
-        args.weight_only, args.kv_cache)
+        args.weight_only, args.kv_cache, args.cast_mxfp4)
     compressed = args.format == "compressed-tensors"
     if compressed:
         expected = compressed_tensors_view(expected, plan)
@@ -889,6 +1067,8 @@ def main(argv=None):
     c.add_argument("--kv-cache", choices=("auto", "fp8", "none"), default="auto")
     c.add_argument("--format", choices=("modelopt", "compressed-tensors"), default="modelopt",
                    help="output layout to expect (default modelopt)")
+    c.add_argument("--cast-mxfp4", action="store_true",
+                   help="MXFP4 experts cast in closed form (ModelOpt's --cast_mxfp4_to_nvfp4)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "vectors":

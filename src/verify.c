@@ -325,7 +325,7 @@ static int catalog_index_tensors(catalog *c, nx_err *e)
     NX_ALLOC_CHECK(c->t, e, "tensor catalog");
     for (int i = 0; i < c->n_shards; i++)
         for (int64_t j = 0; c->shards[i].ok && j < c->shards[i].h.n; j++)
-            c->t[c->n++] = (tensor_ref){ &c->shards[i].h.tensors[j], i, -1, SFX_OTHER };
+            c->t[c->n++] = (tensor_ref){ &c->shards[i].h.tensors[j], i, -1, SFX_OTHER, 0 };
     qsort(c->t, (size_t)c->n, sizeof *c->t, cmp_tensor_ref);
     NX_ERROR_IF(nx_strmap_init(&c->names, (size_t)c->n) != 0, e, NX_EIO,
                 "out of memory indexing tensor names");
@@ -633,7 +633,7 @@ static uint64_t tensor_bytes(const catalog *c, int64_t ti)
 static uint64_t module_bytes(const vctx *v, const module *m)
 {
     char name[1024];
-    if (m->status != MOD_QUANT)
+    if (m->status != MOD_QUANT || m->fused)
         return 0;
     uint64_t b = tensor_bytes(&v->c, m->t[SFX_WEIGHT_SCALE]);
     if (v->o->model == NULL)
@@ -734,6 +734,7 @@ static int source_load(vctx *v, nx_err *e)
     cJSON *config = NULL;
     int exists = 0;
     NX_TRY(catalog_load(NULL, &v->src, v->o->model, e));
+    NX_TRY(nx_verify_fused_source_views(v, e)); /* Qwen3.5's per-expert views */
     NX_TRY(file_exists(v->o->model, "config.json", e, &exists));
     if (exists)
         NX_TRY(json_file_read(v->o->model, "config.json", &config, e));
@@ -741,6 +742,8 @@ static int source_load(vctx *v, nx_err *e)
              : nx_err_set(e, NX_EINPUT, "%s/config.json: not a JSON object", v->o->model);
     if (rc == NX_OK)
         rc = nx_verify_source_link(v, config, e);
+    if (rc == NX_OK)
+        nx_verify_fused_source_linked(v);
     cJSON_Delete(config);
     return rc;
 }
@@ -811,6 +814,8 @@ static int vctx_load(vctx *v, nx_err *e)
         rc = refuse_source(v, e);
     if (rc == NX_OK)
         rc = modules_build(v, e);
+    if (rc == NX_OK)
+        rc = nx_verify_fused_build(v, e);
     if (rc == NX_OK && v->o->model)
         rc = source_load(v, e);
     if (rc == NX_OK)
@@ -826,12 +831,19 @@ static int split_modules(vctx *v, nx_err *e)
     int rc = NX_OK;
     v->phase = PH_MODULES;
     for (int64_t k = 0; k < v->n_mod; k++) {
-        if (v->m[k].status != MOD_QUANT)
+        if (v->m[k].status != MOD_QUANT || v->m[k].fused)
             continue;
         v->r->n_quantized++;
         v->item = k;
         if (rc == NX_OK && v->mod_owner[k] == v->rank)
             rc = nx_verify_check_module(v, &v->m[k], e);
+    }
+    v->phase = PH_FUSED_EXPERTS; /* F1 F2 T3 of fused-expert projections */
+    for (int64_t k = 0; k < v->n_fp; k++) {
+        v->r->n_quantized += v->fp[k].quant;
+        v->item = k;
+        if (rc == NX_OK && v->fp[k].module >= 0 && nx_verify_fused_owner(v, k) == v->rank)
+            rc = nx_verify_fused_check(v, k, e);
     }
     rc = agree(v, rc, e);
     return rc == NX_OK ? modules_share(v, e) : rc;
@@ -846,6 +858,7 @@ static const struct {
     { PH_INDEX, nx_verify_check_index },         /* I1 */
     { PH_TENSORS, nx_verify_check_tensors },     /* T1 T4, KV scales */
     { PH_FUSED, nx_verify_check_fused },         /* T5 */
+    { PH_FUSED_PAIRS, nx_verify_fused_check_pairs }, /* F1 across projections */
     { PH_EXPERTS, nx_verify_check_experts },     /* M1 M2 M3 */
     { PH_EXCLUSION, nx_verify_check_exclusion }, /* M4 E1 E2 */
     { PH_KV, nx_verify_check_kv },               /* K1 */
@@ -880,9 +893,15 @@ static int split_source(vctx *v, nx_err *e)
         }
     v->phase = PH_SRC_QUANT;
     for (int64_t k = 0; rc == NX_OK && k < v->n_mod; k++)
-        if (v->m[k].status == MOD_QUANT && v->mod_owner[k] == v->rank) {
+        if (v->m[k].status == MOD_QUANT && !v->m[k].fused && v->mod_owner[k] == v->rank) {
             v->item = k;
             rc = nx_verify_source_module(v, k, e);
+        }
+    v->phase = PH_SRC_FUSED;
+    for (int64_t k = 0; rc == NX_OK && k < v->n_fp; k++)
+        if (v->fp[k].module >= 0 && nx_verify_fused_owner(v, k) == v->rank) {
+            v->item = k;
+            rc = nx_verify_fused_source(v, k, e);
         }
     return agree(v, rc, e);
 }
@@ -917,6 +936,7 @@ static void vctx_free(vctx *v)
         free(v->found[i].line);
     free(v->found);
     free(v->entries);
+    nx_verify_fused_free(v);
 }
 
 /* size 1 without MPI (nx_verify_run), or the ranks of v->comm. */

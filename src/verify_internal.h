@@ -36,6 +36,7 @@ typedef struct tensor_ref {
     int shard;
     int64_t module; /* the prefix before the last '.', index into vctx.m; -1 without a '.' */
     int sfx;
+    int fused;      /* made by a fused-expert projection (src/verify_fused.c): not a copy */
 } tensor_ref;
 
 typedef struct catalog {
@@ -86,7 +87,24 @@ typedef struct module {
     uint32_t ws2_bits, is_bits;
     int layout_ok;     /* weight, weight_scale, weight_scale_2 are T1/T2-valid */
     int64_t rows, in;  /* when layout_ok */
+    int fused;         /* the experts module of fused projections: checked by F rules */
 } module;
+
+/* A fused-expert projection <experts>.<attr> (fused.h): codes U8 [E, in/2, out] and
+ * <attr>_weight_scale F8_E4M3 [E, in/16, out], <attr>_weight_scale_2 and <attr>_input_scale
+ * F32 [], optional <attr>_bias; or, left unquantized, one 3-D float tensor. */
+enum { FP_CODES, FP_SCALE, FP_WS2, FP_IS, FP_BIAS, FP_PARTS };
+
+typedef struct fused_proj {
+    char *name;          /* "<experts>.gate_up_proj" */
+    int64_t module;      /* <experts> in vctx.m */
+    int64_t t[FP_PARTS]; /* tensor indices, -1 when absent */
+    int quant;           /* U8 codes or any scale tensor */
+    int layout_ok;       /* F1-valid: experts, in and out hold */
+    int64_t experts, in, out;
+    int ws2_ok;          /* weight_scale_2 F32 [] read */
+    uint32_t ws2_bits;
+} fused_proj;
 
 /* An exclude list as one engine reads it. */
 typedef struct xlist {
@@ -98,8 +116,9 @@ typedef struct xlist {
 
 /* ---- Violations: printed in (phase, item, seq) order, the same for any -np ---------------- */
 
-enum { PH_LOAD, PH_CONFIGS, PH_INDEX, PH_MODULES, PH_TENSORS, PH_FUSED, PH_EXPERTS,
-       PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT, PH_SRC_MISSING };
+enum { PH_LOAD, PH_CONFIGS, PH_INDEX, PH_MODULES, PH_FUSED_EXPERTS, PH_TENSORS, PH_FUSED,
+       PH_FUSED_PAIRS, PH_EXPERTS, PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT,
+       PH_SRC_FUSED, PH_SRC_MISSING };
 
 typedef struct violation {
     int64_t phase, item, seq; /* item: module or tensor index in split phases, else 0 */
@@ -137,6 +156,10 @@ typedef struct vctx {
     int found_failed; /* out of memory recording a violation */
     nx_report_entry *entries; /* statistics of the modules this rank checked (--model) */
     int64_t n_entries, cap_entries;
+    fused_proj *fp;   /* fused-expert projections of the checkpoint (src/verify_fused.c) */
+    int64_t n_fp;
+    nx_st_tensor *src_views; /* the source's per-expert views of [E, out, in] experts */
+    int64_t n_src_views;
 } vctx;
 
 /* ---- Format-dependent names and layouts ---------------------------------------------------- */
@@ -214,6 +237,26 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
 int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);
 /* T2: every source tensor is in the checkpoint. */
 int nx_verify_source_missing(vctx *v, nx_err *e);
+
+/* ---- src/verify_fused.c: fused-expert projections (F rules) ------------------------------- */
+
+/* After the modules: finds the fused projections, marks their tensors and experts modules. */
+int nx_verify_fused_build(vctx *v, nx_err *e);
+/* The rank that checks projection k. */
+int nx_verify_fused_owner(const vctx *v, int64_t k);
+/* F1 F2 (and T3 of the block scales unless structural) of projection k. */
+int nx_verify_fused_check(vctx *v, int64_t k, nx_err *e);
+/* F1 across the projections of one experts module, and against config.json (rank 0). */
+int nx_verify_fused_check_pairs(vctx *v, nx_err *e);
+/* The source (--model): per-expert views of its [E, out, in] experts, before its encoding is
+ * linked; after it, the fused tensors so exported are not expected in the checkpoint. */
+int nx_verify_fused_source_views(vctx *v, nx_err *e);
+void nx_verify_fused_source_linked(vctx *v);
+/* X and F3 of projection k against the source (its statistics into v->entries). */
+int nx_verify_fused_source(vctx *v, int64_t k, nx_err *e);
+/* Whether source tensor i is the source of a fused projection of the checkpoint. */
+int nx_verify_fused_source_of(const vctx *v, int64_t i);
+void nx_verify_fused_free(vctx *v);
 
 /* ---- Small helpers ------------------------------------------------------------------------ */
 

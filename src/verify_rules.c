@@ -627,10 +627,12 @@ int nx_verify_check_tensors(vctx *v, nx_err *e)
 {
     for (int64_t i = 0; i < v->c.n; i++) {
         const tensor_ref *t = &v->c.t[i];
-        if (t->module < 0)
+        if (t->module < 0 || t->fused) /* fused-expert tensors: the F rules */
             continue;
         const module *m = &v->m[t->module];
-        if (!tensor_allowed(v, m, t) && m->status == MOD_QUANT)
+        if (m->fused && ends_with(t->st->name, "_proj_bias"))
+            continue; /* a fused projection's bias: F1 */
+        if (!tensor_allowed(v, m, t) && m->status == MOD_QUANT && !m->fused)
             nx_violation(v, "T1", t->st->name,
                          "unexpected tensor in quantized module %s (only %s, %s, %s, %s, bias)",
                          m->name, sfx_name(v, quant_sfx(v, 0)), sfx_name(v, quant_sfx(v, 1)),
@@ -662,6 +664,7 @@ static int fused_group(const vctx *v, const char *name, int64_t members[3])
     static const char *const mla_q[] = { "q_proj", "q_a_proj", "kv_a_proj_with_mqa", NULL };
     static const char *const gate_up[] = { "gate_proj", "up_proj", NULL };
     static const char *const w13[] = { "w1", "w3", NULL };
+    static const char *const qkvz[] = { "in_proj_qkv", "in_proj_z", NULL }; /* Qwen3.5 */
     const char *leaf = leaf_of(name), *mla[3] = { NULL, "kv_a_proj_with_mqa", NULL };
     const char *const *set = NULL;
     size_t plen = leaf == name ? 0 : (size_t)(leaf - name - 1);
@@ -677,6 +680,8 @@ static int fused_group(const vctx *v, const char *name, int64_t members[3])
         set = gate_up;
     } else if (leaf_in(leaf, w13)) {
         set = w13;
+    } else if (leaf_in(leaf, qkvz)) {
+        set = qkvz;
     }
     int n = 0;
     for (int i = 0; set && set[i]; i++) {

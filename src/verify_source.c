@@ -103,7 +103,7 @@ static int is_dequant_of(const nx_st_tensor *t, const nx_st_tensor *s)
 /* Whether output tensor t was produced by quantization rather than copied. */
 static int is_artifact(const vctx *v, const tensor_ref *t)
 {
-    if (t->sfx == SFX_K_SCALE || t->sfx == SFX_V_SCALE)
+    if (t->sfx == SFX_K_SCALE || t->sfx == SFX_V_SCALE || t->fused)
         return 1;
     return t->module >= 0 && v->m[t->module].status == MOD_QUANT && is_quant_sfx(v, t->sfx);
 }
@@ -215,7 +215,7 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e)
 static int src_elsewhere(const vctx *v, int64_t i, int *yes, nx_err *e)
 {
     const char *name = v->src.t[i].st->name;
-    *yes = v->src_enc.link[i].dropped;
+    *yes = v->src_enc.link[i].dropped || nx_verify_fused_source_of(v, i);
     if (*yes || v->fmt != FMT_CT || !ends_with(name, ".weight"))
         return NX_OK;
     char *mod = strndup(name, strlen(name) - strlen(".weight"));

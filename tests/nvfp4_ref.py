@@ -803,7 +803,8 @@ def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", e
 
     out = {}
     replaced = {m + ".weight" for m in quantized} | set(consumed)
-    replaced |= {n for fp in fused.values() for n in fp.sources}
+    replaced |= {n for name, fp in fused.items() for n in fp.sources
+                 if name in plan.quantized or fp.mx is not None}
     for name, t in tensors.items():
         if name not in replaced:
             out[name] = t

@@ -8,16 +8,23 @@ STATE_DICT is a torch checkpoint (.pt/.pth: a state dict, or a dict holding one 
 files. Every key ending in "._amax" or "._global_amax" becomes one float32 dataset, named by the
 key with '.' replaced by '/' (README.md, "Calibration file"). Torch is needed only for .pt/.pth.
 
-Transformers 5 keeps a MoE layer's experts as one fused module, so ModelOpt names their
-quantizers
+Transformers 5 keeps a MoE layer's experts as one fused module (Qwen3.5-MoE stores them so on
+disk too), so ModelOpt names their quantizers
   <experts>.gate_up_proj_weight_quantizers.<E>._amax   <experts>.gate_up_proj_input_quantizer._amax
   <experts>.down_proj_weight_quantizers.<E>._amax      <experts>.down_proj_input_quantizer._amax
-(and the _global_amax variants). Checkpoints name experts one by one, so these are rewritten to
+(and the _global_amax variants). ModelOpt exports those experts one by one, so these are
+rewritten to
   <experts>.<E>.gate_proj.weight_quantizer._amax and <experts>.<E>.up_proj.weight_quantizer._amax
   <experts>.<E>.down_proj.weight_quantizer._amax
 and the shared input amax to every expert's gate_proj/up_proj (resp. down_proj)
-input_quantizer. The experts of a fused module are numbered 0..max(E) of its
-*_weight_quantizers.<E> entries.
+input_quantizer. A static per-block _amax of gate_up is split as ModelOpt splits it: the first
+half of its rows (values, row-major) to gate_proj, the second to up_proj. The experts of a
+fused module are numbered 0..max(E) of its *_weight_quantizers.<E> entries.
+
+Llama-4's and gpt-oss's experts ("BMM experts") have one quantizer per projection for all
+experts, <experts>.gate_up_proj_weight_quantizer._amax and <experts>.gate_up_proj_input_quantizer
+._amax (singular, no expert index), and ModelOpt exports them fused: those names are written
+unchanged, as nvfp4x reads them (<experts>/gate_up_proj_weight_quantizer/_amax).
 
 From Python: write_amax_h5(state_dict, path), values numpy arrays or torch tensors.
 """
@@ -38,7 +45,22 @@ FUSED_WEIGHT_RE = re.compile(
 FUSED_INPUT_RE = re.compile(
     r"^(?P<experts>.+)\.(?P<proj>gate_up_proj|down_proj)_input_quantizer\."
     r"(?P<buf>_amax|_global_amax)$")
+BMM_WEIGHT_RE = re.compile(
+    r"^(?P<experts>.+)\.(?P<proj>gate_up_proj|down_proj)_weight_quantizer\."
+    r"(?P<buf>_amax|_global_amax)$")
 SPLIT = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
+
+
+def split_rows(arr, parts, index):
+    """The index-th of `parts` equal row blocks of a per-block or per-channel amax (values in
+    row-major order), as ModelOpt's _export_fused_experts slices gate_up; a scalar stays."""
+    if arr.size <= 1 or parts == 1:
+        return arr
+    flat = arr.reshape(-1)
+    if flat.size % parts:
+        raise ValueError("%d amax values do not split into %d row blocks" % (flat.size, parts))
+    n = flat.size // parts
+    return flat[index * n:(index + 1) * n]
 
 
 def to_float32(value):
@@ -66,21 +88,29 @@ def amax_entries(state_dict):
         out[key] = arr
 
     keys = [k for k in state_dict if k.endswith(tuple("." + b for b in BUFFERS))]
-    n_experts = {}
+    n_experts, bmm = {}, set()
     for k in keys:
         m = FUSED_WEIGHT_RE.match(k)
         if m:
             n = n_experts.get(m.group("experts"), 0)
             n_experts[m.group("experts")] = max(n, int(m.group("e")) + 1)
+        m = BMM_WEIGHT_RE.match(k)
+        if m:
+            bmm.add(m.group("experts"))
     for k in sorted(keys):
         arr = to_float32(state_dict[k])
         m = FUSED_WEIGHT_RE.match(k)
         if m:
-            for proj in SPLIT[m.group("proj")]:
+            projs = SPLIT[m.group("proj")]
+            for i, proj in enumerate(projs):
+                part = arr if m.group("buf") == "_global_amax" else split_rows(arr, len(projs), i)
                 put("%s.%s.%s.weight_quantizer.%s"
-                    % (m.group("experts"), m.group("e"), proj, m.group("buf")), arr)
+                    % (m.group("experts"), m.group("e"), proj, m.group("buf")), part)
             continue
         m = FUSED_INPUT_RE.match(k)
+        if m and m.group("experts") in bmm and m.group("experts") not in n_experts:
+            put(k, arr)  # BMM experts: one input quantizer, exported fused
+            continue
         if m:
             experts = m.group("experts")
             if experts not in n_experts:

@@ -117,13 +117,13 @@ def test_global_amax(tmp):
         "model.layers.0.self_attn.o_proj.weight_quantizer._global_amax": np.array(1.5),
     }
     n, ds = run(sd, tmp, "global")
-    for proj in ("gate_proj", "up_proj"):
+    for half, proj in enumerate(("gate_proj", "up_proj")):
         base = "model/layers/2/mlp/experts/0/%s/weight_quantizer/" % proj
         g = ds.get(base + "_global_amax")
         check("global: fused %s" % proj, g is not None and g[2] == np.float32(1.25), str(g))
-        b = ds.get(base + "_amax")
-        check("global: fused %s blocks" % proj, b is not None and b[1] == (3, 4)
-              and np.array_equal(b[2], blocks), str(b))
+        b = ds.get(base + "_amax")  # gate: the first half of the rows, up: the second
+        check("global: fused %s blocks" % proj, b is not None and b[1] == (6,)
+              and np.array_equal(b[2], blocks.reshape(-1)[6 * half:6 * half + 6]), str(b))
     # two experts counted from the down_proj weight quantizers (indices 0..1)
     for i in range(2):
         x = ds.get("model/layers/2/mlp/experts/%d/down_proj/input_quantizer/_amax" % i)
@@ -132,6 +132,29 @@ def test_global_amax(tmp):
     check("global: plain", g is not None and g[0] == np.float32 and g[2] == 1.5, str(g))
     b = ds.get("model/layers/0/self_attn/o_proj/weight_quantizer/_amax")
     check("global: plain blocks float32", b is not None and b[0] == np.float32, str(b))
+
+
+def test_bmm_names(tmp):
+    """Llama-4 / gpt-oss: one quantizer per projection for all experts, written unchanged."""
+    e = "model.layers.0.mlp.experts"
+    blocks = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    sd = {
+        e + ".gate_up_proj_weight_quantizer._amax": np.array(2.5, np.float32),
+        e + ".gate_up_proj_input_quantizer._amax": np.array(7.0, np.float32),
+        e + ".down_proj_weight_quantizer._amax": blocks,
+        e + ".down_proj_weight_quantizer._global_amax": np.array(23.0, np.float32),
+        e + ".down_proj_input_quantizer._amax": FakeTensor(3.0),
+    }
+    n, ds = run(sd, tmp, "bmm")
+    p = "model/layers/0/mlp/experts/"
+    check("bmm: count", n == 5 and len(ds) == 5, str(sorted(ds)))
+    check("bmm: weight amax", ds.get(p + "gate_up_proj_weight_quantizer/_amax", [0, 0, 0])[2]
+          == 2.5, str(sorted(ds)))
+    check("bmm: input amax", ds.get(p + "gate_up_proj_input_quantizer/_amax", [0, 0, 0])[2]
+          == 7.0)
+    check("bmm: static blocks kept whole", p + "down_proj_weight_quantizer/_amax" in ds and
+          ds[p + "down_proj_weight_quantizer/_amax"][1] == (2, 3, 4))
+    check("bmm: no per-expert names", not any("/0/" in k.replace(p, "") for k in ds))
 
 
 def test_errors(tmp):
@@ -179,7 +202,8 @@ def test_cli(tmp):
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        for test in (test_plain_names, test_fused_names, test_global_amax, test_errors, test_cli):
+        for test in (test_plain_names, test_fused_names, test_global_amax, test_bmm_names,
+                     test_errors, test_cli):
             try:
                 test(tmp)
             except Exception as exc:  # a crash counts as one failure, the rest still run

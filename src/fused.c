@@ -71,6 +71,16 @@ static int64_t find_name(const detect *d, const char *module, size_t mlen, const
     return i;
 }
 
+/* Every dimension in [1, 2^40): an empty tensor may declare any other dimension, and sizes
+ * derived from them must not overflow. */
+static int dims_sane(const nx_enc_tensor *t)
+{
+    for (int k = 0; k < t->ndim; k++)
+        if (t->shape[k] < 1 || t->shape[k] >= ((int64_t)1 << 40))
+            return 0;
+    return 1;
+}
+
 /* Logical [E, in, out] of an MXFP4 projection, after checking blocks and scales. */
 static int mxfp4_shape(const detect *d, int64_t b, int64_t s, int64_t dims[3], nx_err *e)
 {
@@ -80,6 +90,8 @@ static int mxfp4_shape(const detect *d, int64_t b, int64_t s, int64_t dims[3], n
                 bt->name);
     NX_ERROR_IF(st == NULL, e, NX_EINPUT, "%s: MXFP4 tensor %s has no _scales beside it",
                 d->where, bt->name);
+    NX_ERROR_IF(!dims_sane(st), e, NX_EINPUT, "%s: MXFP4 scales %s have an empty or oversized "
+                "dimension", d->where, st->name);
     NX_ERROR_IF(st->dtype != NX_DT_U8 || st->ndim != 3 || st->shape[0] != bt->shape[0] ||
                 st->shape[1] != bt->shape[1] || st->shape[2] != bt->shape[2], e, NX_EINPUT,
                 "%s: MXFP4 scales %s must be U8 [%lld, %lld, %lld] (one E8M0 byte per block of "
@@ -219,6 +231,9 @@ static int detect_one(detect *d, int64_t i, const proj_ref *r, nx_err *e)
                 d->where, name, (int)r->module_len, name, k_attrs[!r->attr], suffix);
     if (r->attr == DOWN)
         return NX_OK; /* the pair is taken from its gate_up */
+    NX_ERROR_IF(!dims_sane(&d->t[i]) || !dims_sane(&d->t[other]), e, NX_EINPUT, "%s: fused "
+                "experts %s or their partner have an empty or oversized dimension", d->where,
+                name);
     return r->blocks ? mxfp4_pair(d, i, other, name, r->module_len, e)
                      : float_pair(d, i, other, name, r->module_len, e);
 }

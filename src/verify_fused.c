@@ -151,13 +151,22 @@ static const nx_st_tensor *part(const vctx *v, const fused_proj *f, int p)
     return f->t[p] >= 0 ? v->c.t[f->t[p]].st : NULL;
 }
 
+/* Every dimension in [1, 2^40): sizes derived from them cannot overflow. */
+static int dims_sane(const nx_st_tensor *t)
+{
+    for (int k = 0; k < t->ndim; k++)
+        if (t->shape[k] < 1 || t->shape[k] >= ((int64_t)1 << 40))
+            return 0;
+    return 1;
+}
+
 /* Experts, in and out from codes and block scales; 0 when they do not fit F1. When report,
  * each misfit is a violation. */
 static int layout(vctx *v, const fused_proj *f, int report, int64_t dims[3])
 {
     const nx_st_tensor *c = part(v, f, FP_CODES), *s = part(v, f, FP_SCALE);
     char a[128], b[128];
-    if (c == NULL || c->dtype != NX_DT_U8 || c->ndim != 3) {
+    if (c == NULL || c->dtype != NX_DT_U8 || c->ndim != 3 || !dims_sane(c)) {
         if (report && c)
             nx_verify_shape_text(c, a, sizeof a);
         if (report)
@@ -165,7 +174,8 @@ static int layout(vctx *v, const fused_proj *f, int report, int64_t dims[3])
                          "is " : "has no codes tensor", c ? a : "");
         return 0;
     }
-    if (s == NULL || s->dtype != NX_DT_F8_E4M3 || s->ndim != 3 || s->shape[0] != c->shape[0] ||
+    if (s == NULL || s->dtype != NX_DT_F8_E4M3 || s->ndim != 3 || !dims_sane(s) ||
+        s->shape[0] != c->shape[0] ||
         s->shape[2] != c->shape[2] || c->shape[1] != 8 * s->shape[1]) {
         if (!report)
             return 0;
@@ -642,6 +652,10 @@ static void verdict(vctx *v, const fused_proj *f, const fused_acc *acc)
 static int decoded_check(vctx *v, const fused_proj *f, int64_t blk, int64_t sc, nx_err *e)
 {
     const nx_st_tensor *c = part(v, f, FP_CODES), *b = v->src.t[blk].st;
+    const nx_st_tensor *st = v->src.t[sc].st;
+    if (b->ndim != 4 || !dims_sane(b) || b->shape[3] != NX_MXFP4_BLOCK_BYTES || st->ndim != 3 ||
+        st->shape[0] != b->shape[0] || st->shape[1] != b->shape[1] || st->shape[2] != b->shape[2])
+        return NX_OK; /* not what the exporter reads: it refuses such a source */
     int64_t n_exp = b->shape[0], out = b->shape[1], in = b->shape[2] * NX_MXFP4_BLOCK;
     if (c->dtype != NX_DT_BF16 || c->ndim != 3 || c->shape[0] != n_exp || c->shape[1] != in ||
         c->shape[2] != out) {
@@ -686,8 +700,11 @@ static int source_fits(vctx *v, const fused_proj *f, const int64_t src[3])
             return 1;
     } else if (src[1] >= 0 && src[2] >= 0) {
         s = v->src.t[src[1]].st;
-        if (s->ndim == 4 && s->shape[0] == f->experts && s->shape[1] == f->out &&
-            s->shape[2] * NX_MXFP4_BLOCK == f->in && s->shape[3] == NX_MXFP4_BLOCK_BYTES)
+        const nx_st_tensor *sc = v->src.t[src[2]].st;
+        if (s->ndim == 4 && dims_sane(s) && s->shape[0] == f->experts && s->shape[1] == f->out &&
+            s->shape[2] * NX_MXFP4_BLOCK == f->in && s->shape[3] == NX_MXFP4_BLOCK_BYTES &&
+            sc->ndim == 3 && sc->shape[0] == s->shape[0] && sc->shape[1] == s->shape[1] &&
+            sc->shape[2] == s->shape[2])
             return 1;
     } else {
         nx_violation(v, "T2", f->name, "the source model has neither %s nor %s_blocks",

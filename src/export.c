@@ -337,13 +337,19 @@ static void print_plan(const pipeline *pl, FILE *out)
     char lo[32], hi[32], pk[32];
     nx_format_bytes(least, lo, sizeof lo);
     nx_format_bytes(most, hi, sizeof hi);
-    /* Row buffers (float + source + codes + scales), a copy chunk, and the catalog. */
-    uint64_t predicted = (4u << 20) * 10u + (16u << 20) + (uint64_t)pl->cat.n * 160u;
+    /* Row buffers (float + source + codes + scales), a copy chunk, and the catalog; a fused
+     * piece with its transposes, codes and scales (fused.h) about three times its BF16. */
+    uint64_t predicted = (4u << 20) * 10u + (16u << 20) + (uint64_t)pl->cat.n * 160u, piece = 0;
+    for (int64_t i = 0; i < pl->cat.n_fused; i++)
+        if (nx_fused_piece_bf16_bytes(&pl->cat.fused[i], 0) > piece)
+            piece = nx_fused_piece_bf16_bytes(&pl->cat.fused[i], 0);
+    predicted += 3 * piece;
     nx_format_bytes(predicted, pk, sizeof pk);
     nx_format_bytes(peak, b, sizeof b);
     fprintf(out, "balance: %s to %s per rank; largest tensor on a rank: %s\n", lo, hi, b);
-    fprintf(out, "predicted peak memory per rank: %s (row buffers and catalog; bounded by the "
-            "largest tensor's row block, not the model size)\n", pk);
+    fprintf(out, "predicted peak memory per rank: %s (row buffers, %scatalog; bounded by the "
+            "largest tensor's row block, not the model size)\n", pk,
+            piece ? "a fused-expert piece, " : "");
 }
 
 static void print_owners(const pipeline *pl, FILE *out)
@@ -356,8 +362,15 @@ static void print_owners(const pipeline *pl, FILE *out)
         const nx_out *first = &p->out[w->first];
         const char *kind = w->tensor < 0 ? "kv"
                            : pl->cls.qmod_of[w->tensor] >= 0 ? "quantized" : "copied";
-        fprintf(out, "  %d %s %s %s\n", w->rank,
-                w->tensor >= 0 ? pl->cat.t[w->tensor].name : first->name, kind,
+        char piece[96] = "";
+        if (w->piece >= 0) { /* fused.h: which expert and input rows */
+            int64_t x, i0, i1;
+            nx_fused_piece(nx_catalog_fused(&pl->cat, w->tensor), w->piece, &x, &i0, &i1);
+            snprintf(piece, sizeof piece, " piece %lld (expert %lld, input rows %lld-%lld)",
+                     (long long)w->piece, (long long)x, (long long)i0, (long long)(i1 - 1));
+        }
+        fprintf(out, "  %d %s %s%s %s\n", w->rank,
+                w->tensor >= 0 ? pl->cat.t[w->tensor].name : first->name, kind, piece,
                 p->shard_names[first->shard]);
     }
 }

@@ -123,8 +123,8 @@ static int add_fused(detect *d, int64_t tensor, int64_t scales, const char *modu
     memset(f, 0, sizeof *f);
     f->module = nx_asprintf("%.*s", (int)mlen, module);
     f->name = nx_asprintf("%.*s.%s", (int)mlen, module, k_attrs[attr]);
+    d->l->n_fused++; /* freed with the layout even when one name is missing */
     NX_ALLOC_CHECK(f->module && f->name ? f->name : NULL, e, "a fused-expert name");
-    d->l->n_fused++;
     f->attr = f->name + mlen + 1;
     f->tensor = tensor;
     f->scales = scales;

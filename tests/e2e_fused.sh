@@ -128,6 +128,15 @@ check "llama4 --quantize experts equals reference" ref_equal llama4 "$W/llama4-e
 check "llama4 experts excluded: copied" export_pieces 2 700 llama4 "$W/llama4-excl" --exclude '*experts*'
 check "llama4 experts excluded equals reference" ref_equal llama4 "$W/llama4-excl" --exclude '*experts*'
 check "llama4 experts excluded verify" verify_clean 1 llama4 "$W/llama4-excl"
+owners_show_pieces() { # plan --owners names each piece's expert and input rows, on every rank
+    NVFP4X_TEST_FUSED_PIECE_ELEMS=700 "$NX_BIN" plan --quiet --owners --model "$W/llama4" \
+        --calib "$W/llama4.h5" --ranks 3 | grep -E '^  [0-2] .*experts\.gate_up_proj quantized piece [0-9]+ \(expert [0-9]+, input rows [0-9]+-[0-9]+\)' |
+        awk '{ r[$1] = 1 } END { exit !(length(r) == 3) }'
+}
+check "llama4 plan --owners spreads gate_up pieces over 3 ranks" owners_show_pieces
+check "llama4 --format compressed-tensors refused for fused experts" refused 1 "$W/llama4" \
+    "$W/llama4.h5" "compressed-tensors has no layout for fused experts" "$W/llama4-ct" \
+    --format compressed-tensors
 gen_fused llama4text
 check "llama4text export" export_pieces 2 700 llama4text "$W/llama4text-o" --weight-only
 check "llama4text equals reference" ref_equal llama4text "$W/llama4text-o" --weight-only

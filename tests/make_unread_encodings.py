@@ -115,6 +115,14 @@ def main(argv=None):
     model, _ = c.new("mxfp4_blocks", LINEAR + "_blocks")
     edit_shard(model, wm, w, drop=[w], add={
         LINEAR + "_blocks": ("U8", [out, inp // 32, 16]), LINEAR + "_scales": ("U8", [out, inp // 32])})
+    # MXFP4 declared, but on a linear: nvfp4x reads it only as gpt-oss's fused experts.
+    model, _ = c.new("mxfp4_outside_experts", LINEAR + "_blocks is not a fused expert")
+    edit_shard(model, wm, w, drop=[w], add={
+        LINEAR + "_blocks": ("U8", [out, inp // 32, 16]), LINEAR + "_scales": ("U8", [out, inp // 32])})
+    set_quant_config(model, {"quant_method": "mxfp4"})
+    model, _ = c.new("mxfp4_blocks_without_scales", LINEAR + "_blocks has no")
+    edit_shard(model, wm, w, drop=[w], add={LINEAR + "_blocks": ("U8", [out, inp // 32, 16])})
+    set_quant_config(model, {"quant_method": "mxfp4"})
 
     # config.json declares what nvfp4x does not decode.
     model, _ = c.new("unknown_quant_method", "\"fancy_int3\"")

@@ -265,6 +265,44 @@ def model_dir_seeds():
     s["bad_shard_short"] = model_seed(cfg, good_index, b"\x10\x00", s2)
     s["bad_hq_json"] = model_seed(config, index_for([(S1, q)]), shard(q, qf), b"", b"{oops")
     s["bad_no_shards"] = model_seed(cfg)
+    s.update(fused_seeds())
+    return s
+
+
+def fused_seeds():
+    """Fused experts (src/fused.c, src/verify_fused.c): gpt-oss's MXFP4 source, Qwen3.5's
+    [E, out, in] source, and a Llama-4 export in the fused [E, in/2, out] layout."""
+    s = {}
+    x = "model.layers.0.mlp.experts."
+    mx = [(x + "gate_up_proj_blocks", "U8", [2, 4, 1, 16]), (x + "gate_up_proj_scales", "U8",
+                                                               [2, 4, 1]),
+          (x + "gate_up_proj_bias", "BF16", [2, 4]),
+          (x + "down_proj_blocks", "U8", [2, 32, 1, 16]),
+          (x + "down_proj_scales", "U8", [2, 32, 1]), (x + "down_proj_bias", "BF16", [2, 32]),
+          ("model.layers.0.mlp.router.weight", "BF16", [2, 32])]
+    cfg = {"model_type": "gpt_oss", "num_hidden_layers": 1, "hidden_size": 32,
+           "quantization_config": {"quant_method": "mxfp4"}}
+    s["fused_gptoss_mxfp4"] = model_seed(cfg, None, shard(mx, {x + "gate_up_proj_scales": b"\x7f",
+                                                          x + "down_proj_scales": b"\x7e"}))
+    qw = [("model.language_model.layers.0.mlp.experts.gate_up_proj", "BF16", [2, 8, 16]),
+          ("model.language_model.layers.0.mlp.experts.down_proj", "BF16", [2, 16, 4])]
+    cfg = {"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text",
+                                                        "num_hidden_layers": 1}}
+    s["fused_qwen35_split"] = model_seed(cfg, None, shard(qw, {}))
+    y = "model.layers.0.feed_forward.experts."
+    l4 = [(y + "gate_up_proj", "U8", [2, 16, 64]), (y + "gate_up_proj_weight_scale", "F8_E4M3",
+                                                    [2, 2, 64]),
+          (y + "gate_up_proj_weight_scale_2", "F32", []), (y + "gate_up_proj_input_scale", "F32",
+                                                            []),
+          (y + "down_proj", "U8", [2, 16, 32]), (y + "down_proj_weight_scale", "F8_E4M3",
+                                                 [2, 2, 32]),
+          (y + "down_proj_weight_scale_2", "F32", []), (y + "down_proj_input_scale", "F32", []),
+          ("model.layers.0.feed_forward.router.weight", "BF16", [2, 32])]
+    fills = {y + "gate_up_proj_weight_scale_2": 0.5, y + "gate_up_proj_input_scale": 0.25,
+             y + "down_proj_weight_scale_2": 0.5, y + "down_proj_input_scale": 0.25}
+    config, hq = nvfp4_config(["model.layers.0.feed_forward.router"], layers=1)
+    config["model_type"] = "llama4_text"
+    s["fused_llama4_export"] = model_seed(config, None, shard(l4, fills), b"", hq)
     return s
 
 

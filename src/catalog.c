@@ -226,7 +226,7 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
 
 /* The source encoding (encoding.h): decoded weights get their scale tensor and tile, scale
  * tensors and static activation scales are consumed. */
-static int link_encoding_only(nx_catalog *c, nx_err *e)
+static int link_encoding(nx_catalog *c, nx_err *e)
 {
     nx_enc_tensor *in = malloc(((size_t)c->n + 1) * sizeof *in);
     NX_ALLOC_CHECK(in, e, "the encoding table");
@@ -251,10 +251,10 @@ static int link_encoding_only(nx_catalog *c, nx_err *e)
 }
 
 /* Fused experts around the encoding (fused.h): views first, so that the encoding sees them. */
-static int link_encoding(nx_catalog *c, nx_err *e)
+static int link_source(nx_catalog *c, nx_err *e)
 {
     NX_TRY(nx_catalog_fused_views(c, e));
-    NX_TRY(link_encoding_only(c, e));
+    NX_TRY(link_encoding(c, e));
     return nx_catalog_fused_finish(c, e);
 }
 
@@ -288,7 +288,7 @@ int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
     if (rc == NX_OK)
         rc = index_tensors(c, has_index ? &expect : NULL, index, e);
     if (rc == NX_OK)
-        rc = link_encoding(c, e);
+        rc = link_source(c, e);
     nx_strmap_free(&expect);
     free(index);
     return rc;
@@ -355,7 +355,7 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++)
         NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
-    return link_encoding(c, e);
+    return link_source(c, e);
 }
 
 int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)

@@ -190,8 +190,10 @@ static int phase_write(pipeline *pl, nx_err *e)
     NX_TRY(nx_agree(rc, e, pl->comm));
     say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
     if (o->cast_mxfp4)
-        say(pl, "cast-mxfp4: %lld of %lld MXFP4 blocks lossless (codes = the MXFP4 nibbles)",
-            (long long)pl->amax.cast_lossless, (long long)pl->amax.cast_blocks);
+        say(pl, "cast-mxfp4: %lld of %lld MXFP4 blocks lossless (NVFP4 codes = the MXFP4 "
+            "nibbles), %lld by ModelOpt's fallback", (long long)pl->amax.cast_lossless,
+            (long long)pl->amax.cast_blocks,
+            (long long)(pl->amax.cast_blocks - pl->amax.cast_lossless));
     NX_TRY(open_staging(pl, e));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
     nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,

@@ -418,10 +418,13 @@ def kimi_quantization_config():
             "quant_method": "compressed-tensors", "quantization_status": "compressed"}
 
 
+KIMI_SIZE = {"hidden": 96, "moe_intermediate": 64, "experts": 4}  # --hidden etc. for benches
+
+
 def build_kimi_k2_thinking(rng):
-    gc.HIDDEN = H = 96
-    L, E, heads, q_lora, kv_lora, nope, rope, v_dim = 3, 4, 2, 64, 32, 16, 16, 16
-    moe_inter, inter = 64, 128
+    gc.HIDDEN = H = KIMI_SIZE["hidden"]
+    L, E, heads, q_lora, kv_lora, nope, rope, v_dim = 3, KIMI_SIZE["experts"], 2, 64, 32, 16, 16, 16
+    moe_inter, inter = KIMI_SIZE["moe_intermediate"], 128
     cfg = common_config("DeepseekV3ForCausalLM", "kimi_k2", L, H, attention_bias=False,
                         attention_dropout=0.0, aux_loss_alpha=0.001, ep_size=1,
                         first_k_dense_replace=1, intermediate_size=inter,
@@ -511,7 +514,13 @@ def main(argv=None):
     ap.add_argument("--bf16-out", help="encoded families: also write the BF16 decoding here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=3)
+    for key, default in KIMI_SIZE.items():
+        ap.add_argument("--" + key.replace("_", "-"), type=int, default=default,
+                        help="kimi_k2_thinking only: %s (default %d; multiples of 32) for "
+                             "memory measurements" % (key.replace("_", " "), default))
     args = ap.parse_args(argv)
+    KIMI_SIZE.update(hidden=args.hidden, moe_intermediate=args.moe_intermediate,
+                     experts=args.experts)
     rng = np.random.default_rng(args.seed)
     hidden = gc.HIDDEN
     try:

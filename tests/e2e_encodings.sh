@@ -4,8 +4,9 @@
 # compressed-tensors formats; FP8 weights and scales that do not pair up; INT4 pack-quantized
 # with a wrong weight_shape, packed width or scale count, a missing scale or weight_shape,
 # zero points, activation order, other bit widths, types or strategies, quantized
-# activations, an ignored packed module) are refused before any output exists: exit 2, one error line naming the tensor or setting, no output, on 1 and 2
-# ranks; plan refuses them the same way; verify on a source model says what it is.
+# activations, an ignored packed module) are refused before any output exists: exit 2, one
+# error line naming the tensor or setting, no output, on 1 and 2 ranks (the INT4 cases on 1);
+# plan refuses them the same way; verify on a source model says what it is.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir encodings)
 gen deepseek "$W"
@@ -41,6 +42,8 @@ verify_says() { # verify_says DIR WORDS...: exit 2, one error line with every wo
 }
 check "verify on a BF16 source names it a source" verify_says "$W/deepseek" \
     "not an NVFP4 checkpoint" "source model" "BF16/F16/F32" "nvfp4x export --model"
+check "verify on an INT4 source names its encoding" verify_says \
+    "$W/cases/int4_declared_none_stored/model" "not an NVFP4 checkpoint" "INT4 pack-quantized"
 check "verify on a GPTQ-named source names the tensor" verify_says "$W/cases/gptq_names/model" \
     "not an NVFP4 checkpoint" "model.layers.1.self_attn.o_proj.g_idx" "GPTQ"
 finish

@@ -72,6 +72,12 @@ done
 
 # Kimi-K2-Thinking's seed scenario: --quantize mlp (attention stays BF16).
 K=kimi_k2_thinking
+source_named() { # verify on the INT4 source itself: exit 2, it says what the source is
+    local rc=0
+    "$NX_BIN" verify "$W/$K" >/dev/null 2>"$W/verify-source.err" </dev/null || rc=$?
+    [ "$rc" -eq 2 ] && grep -q "source model, INT4 pack-quantized, group 32" "$W/verify-source.err"
+}
+check "verify on the INT4 source says what it is" source_named
 for np in 1 3; do
     check "$K --quantize mlp np=$np" export_ok "$np" "$K" "$W/$K-mlp-$np" --quantize mlp
 done

@@ -25,15 +25,19 @@ export_ok() { # export_ok NP FAMILY OUT ARGS...
 excludes() { # excludes OUT PATTERN...: every pattern is an exclude_modules entry
     local out=$1
     shift
-    for p in "$@"; do grep -qF "\"$p\"" "$out/hf_quant_config.json" || { echo "no $p"; return 1; }; done
+    for p in "$@"; do
+        grep -qF "\"$p\"" "$out/hf_quant_config.json" || { echo "no $p"; return 1; }
+    done
 }
 no_source_encoding() { ! grep -rlE 'weight_scale_inv|weight_shape|"pack-quantized"' "$1"; }
 
 declare -A EXCL=(
     [glm45]="model.layers.1.mlp.gate model.layers.3* model.embed_tokens lm_head"
     [minimax_m2]="model.layers.0.block_sparse_moe.gate model.layers.1.block_sparse_moe.gate"
-    [deepseek_v32]="model.layers.0.self_attn.indexer* model.layers.2.self_attn.indexer* model.layers.3*"
-    [qwen3_next]="model.layers.0.linear_attn.in_proj_ba model.layers.0.linear_attn.conv1d model.layers.3.mlp.shared_expert_gate mtp*"
+    [deepseek_v32]="model.layers.0.self_attn.indexer* model.layers.2.self_attn.indexer*
+        model.layers.3*"
+    [qwen3_next]="model.layers.0.linear_attn.in_proj_ba model.layers.0.linear_attn.conv1d
+        model.layers.3.mlp.shared_expert_gate mtp*"
     [kimi_k2_thinking]="model.layers.1.mlp.gate model.embed_tokens lm_head"
     [ling]="model.word_embeddings model.layers.2.mlp.gate lm_head"
 )
@@ -70,6 +74,32 @@ for fam in glm45 minimax_m2 deepseek_v32 qwen3_next kimi_k2_thinking ling; do
     check "$fam inputs unmodified" test "$before" = "$(tree_sums "$W/$fam")"
 done
 
+# A 2-D weight of a module nvfp4x does not know as a linear is left out with a warning naming
+# it, copied, and listed; the reference (which knows the same linears) agrees.
+odd_weight() {
+    rm -rf "$W/ling-odd" && cp -r "$W/ling" "$W/ling-odd" &&
+    "$NX_PYTHON" - "$W/ling-odd" <<'PY'
+import json, os, sys
+sys.path.insert(0, os.environ["NX_TESTS"])
+from make_unread_encodings import edit_shard
+model = sys.argv[1]
+wm = json.load(open(os.path.join(model, "model.safetensors.index.json")))["weight_map"]
+anchor = "model.layers.1.attention.dense.weight"
+edit_shard(model, wm, anchor, add={"model.layers.1.attention.rel_table.weight": ("BF16", [8, 32])})
+PY
+}
+unknown_warned() {
+    odd_weight || return 1
+    nx 1 export --model "$W/ling-odd" --calib "$W/ling.h5" --output "$W/ling-odd-out" \
+        2>"$W/ling-odd.err" || return 1
+    grep -q "warning: model.layers.1.attention.rel_table left unquantized: a 2-D weight of" \
+        "$W/ling-odd.err" &&
+        excludes "$W/ling-odd-out" model.layers.1.attention.rel_table &&
+        "$NX_PYTHON" "$NX_TESTS/nvfp4_ref.py" compare --model "$W/ling-odd" --calib "$W/ling.h5" \
+            --output "$W/ling-odd-out" && verify_clean "$W/ling-odd-out" "$W/ling-odd"
+}
+check "an unknown 2-D weight: warned, copied, listed" unknown_warned
+
 # Kimi-K2-Thinking's seed scenario: --quantize mlp (attention stays BF16).
 K=kimi_k2_thinking
 source_named() { # verify on the INT4 source itself: exit 2, it says what the source is
@@ -89,6 +119,16 @@ check "$K --quantize mlp: attention listed" excludes "$W/$K-mlp-1" \
 check "$K --quantize mlp: twin export" nx 1 export --quiet --model "$W/$K-bf16" \
     --calib "$W/$K.h5" --output "$W/$K-mlp-twin" --max-shard-size 200KB --quantize mlp
 check "$K --quantize mlp: identical to its BF16 decoding's" same_tree "$W/$K-mlp-1" "$W/$K-mlp-twin"
+# An INT4 MoE layer left unquantized is written as its BF16 decoding, named X.weight.
+check "$K --exclude one INT4 MoE layer np=2" export_ok 2 "$K" "$W/$K-excl" --quantize mlp \
+    --exclude '*.layers.2.mlp.experts.*'
+check "$K --exclude: equals numpy reference" ref_equal "$K" "$W/$K-excl" --quantize mlp \
+    --exclude '*.layers.2.mlp.experts.*'
+check "$K --exclude: verify --model clean" verify_clean "$W/$K-excl" "$W/$K"
+check "$K --exclude: the layer's experts are BF16 X.weight" bash -c '
+    grep -q "\"model.layers.2.mlp.experts.3.down_proj.weight\"" "$1/model.safetensors.index.json" &&
+    ! grep -q "experts.3.down_proj.weight_packed\|layers.2.mlp.experts.3.down_proj.weight_scale" \
+        "$1/model.safetensors.index.json"' _ "$W/$K-excl"
 # compressed-tensors output: its weight_packed holds NVFP4 codes, not the source's INT4.
 check "$K --format compressed-tensors np=3" export_ok 3 "$K" "$W/$K-ct" \
     --format compressed-tensors --quantize experts

@@ -31,7 +31,7 @@ static int int4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
         return -1;
     for (int64_t i = 0; i < r->nrows; i++) {
         const uint8_t *row = packed + i * (cols / 2);
-        const float *srow = r->scale + i * scols;
+        const float *srow = r->scale + i * scols; /* tile[0] is 1: a scale row per row */
         for (int64_t k = 0; k < cols / 2; k++) {
             int64_t j = 2 * k, at = i * cols + j;
             int4_put((float)((row[k] & 0xF) - 8), srow[j / group], at, dst32, dst16);

@@ -530,26 +530,43 @@ static int64_t int4_group_of(const scan *s, int64_t in, int64_t scale_cols)
     return 0;
 }
 
-static int check_int4_scale(scan *s, int64_t sc, const int64_t v[2], int64_t *group, nx_err *e)
+/* "BF16 [80, 3]" for messages. */
+static void shape_text(const nx_enc_tensor *t, char *buf, size_t len)
 {
-    const nx_enc_tensor *st = &s->t[sc];
-    char want[96] = "";
+    size_t at = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(t->dtype));
+    for (int d = 0; d < t->ndim && at < len; d++)
+        at += (size_t)snprintf(buf + at, len - at, "%s%lld", d ? ", " : "",
+                               (long long)t->shape[d]);
+    if (at < len)
+        snprintf(buf + at, len - at, "]");
+}
+
+/* What the scale of an [out, in] INT4 weight may be, for messages. */
+static void int4_scale_want(const scan *s, const int64_t v[2], char *buf, size_t len)
+{
+    buf[0] = '\0';
     for (int i = 0; i < s->n_groups; i++) {
-        size_t len = strlen(want);
-        snprintf(want + len, sizeof want - len, "%s[%lld, %lld] (group_size %lld)", i ? " or " : "",
+        size_t at = strlen(buf);
+        snprintf(buf + at, len - at, "%s[%lld, %lld] (group_size %lld)", i ? " or " : "",
                  (long long)v[0], (long long)(v[1] / s->groups[i]), (long long)s->groups[i]);
     }
     if (s->channel)
-        snprintf(want + strlen(want), sizeof want - strlen(want), "%s[%lld, 1] (per channel)",
+        snprintf(buf + strlen(buf), len - strlen(buf), "%s[%lld, 1] (per channel)",
                  s->n_groups ? " or " : "", (long long)v[0]);
+}
+
+static int check_int4_scale(scan *s, int64_t sc, const int64_t v[2], int64_t *group, nx_err *e)
+{
+    const nx_enc_tensor *st = &s->t[sc];
+    char want[160], got[96];
+    int4_scale_want(s, v, want, sizeof want);
+    shape_text(st, got, sizeof got);
     NX_ERROR_IF(st->dtype != NX_DT_BF16 && st->dtype != NX_DT_F16 && st->dtype != NX_DT_F32, e,
-                NX_EINPUT, "%s: tensor %s has dtype %s; INT4 scales must be BF16, F16 or F32",
-                s->where, st->name, nx_dtype_name(st->dtype));
+                NX_EINPUT, "%s: tensor %s is %s; INT4 scales must be BF16, F16 or F32",
+                s->where, st->name, got);
     *group = st->ndim == 2 && st->shape[0] == v[0] ? int4_group_of(s, v[1], st->shape[1]) : 0;
-    NX_ERROR_IF(*group == 0, e, NX_EINPUT, "%s: tensor %s has shape [%lld%s%lld] but %lld x %lld "
-                "INT4 weights need %s", s->where, st->name, st->ndim ? (long long)st->shape[0] : 0,
-                st->ndim > 1 ? ", " : "", st->ndim > 1 ? (long long)st->shape[1] : 0,
-                (long long)v[0], (long long)v[1], want);
+    NX_ERROR_IF(*group == 0, e, NX_EINPUT, "%s: tensor %s is %s, but %lld x %lld INT4 weights "
+                "need %s", s->where, st->name, got, (long long)v[0], (long long)v[1], want);
     return NX_OK;
 }
 

@@ -57,7 +57,7 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld FP8 weights decoded to BF16 on read", pl->cat.encoding,
+    say(pl, "source encoding: %s; %lld encoded weights decoded to BF16 on read", pl->cat.encoding,
         (long long)pl->cat.n_encoded);
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
@@ -266,7 +266,7 @@ static void print_plan(const pipeline *pl, FILE *out)
     char b[32];
     fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
             (long long)pl->cat.n, pl->cat.n_files);
-    fprintf(out, "source encoding: %s; %lld FP8 weights decoded to BF16 on read\n",
+    fprintf(out, "source encoding: %s; %lld encoded weights decoded to BF16 on read\n",
             pl->cat.encoding, (long long)pl->cat.n_encoded);
     fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
             (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);

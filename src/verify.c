@@ -388,6 +388,11 @@ int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_
     return nx_pread_full(c->fd, buf, len, s->h.data_start + t->st->begin + off, s->path, e);
 }
 
+int nx_verify_read_cb(void *ctx, int64_t ti, uint64_t off, void *buf, size_t len, nx_err *e)
+{
+    return nx_verify_tensor_read(ctx, ti, off, buf, len, e);
+}
+
 /* ---- Module derivation -------------------------------------------------------------------- */
 
 typedef struct named_id {
@@ -638,7 +643,7 @@ static uint64_t module_bytes(const vctx *v, const module *m)
     uint64_t b = tensor_bytes(&v->c, m->t[SFX_WEIGHT_SCALE]);
     if (v->o->model == NULL)
         return b;
-    snprintf(name, sizeof name, "%s.weight", m->name);
+    snprintf(name, sizeof name, "%s.weight", m->name); /* an INT4 source: its weight_packed */
     return b + tensor_bytes(&v->c, m->t[v->sfx_codes]) +
            tensor_bytes(&v->src, tensor_find(&v->src, name));
 }
@@ -781,7 +786,8 @@ static int refuse_source(vctx *v, nx_err *e)
     }
     nx_encoding enc;
     nx_err why = { 0 };
-    int rc = nx_encoding_detect(v->o->dir, v->config, in, v->c.n, &enc, &why);
+    int rc = nx_encoding_detect(v->o->dir, v->config, in, v->c.n, nx_verify_read_cb, &v->c,
+                                &enc, &why);
     if (rc == NX_OK)
         nx_err_set(e, NX_EINPUT, "%s is not an NVFP4 checkpoint (no hf_quant_config.json, no "
                    "NVFP4 quantization_config or scales): it is a source model, %s, %lld "

@@ -181,6 +181,9 @@ void nx_violation(vctx *v, const char *rule, const char *name, const char *fmt, 
 int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_t len,
                           nx_err *e);
 
+/* The same as a decode.h reader; ctx is the catalog. */
+int nx_verify_read_cb(void *ctx, int64_t ti, uint64_t off, void *buf, size_t len, nx_err *e);
+
 /* "BF16 [4, 32]". */
 void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len);
 

@@ -154,7 +154,7 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
-/* An FP8 block-scaled weight left unquantized is written as its BF16 dequantization. */
+/* An encoded (FP8, INT4) weight left unquantized is written as its BF16 decoding. */
 static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     const nx_tensor *t = &wr->c->t[w->tensor];
@@ -163,11 +163,11 @@ static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
     for (int64_t r = 0; r < t->shape[0] && !wr->pg.stop; r += per) {
         int64_t n = t->shape[0] - r < per ? t->shape[0] - r : per;
         NX_TRY(nx_source_read_rows_f32(wr->src, w->tensor, r, n, wr->w, wr->raw, e));
-        uint16_t *bf = wr->raw; /* the FP8 bytes are consumed: reuse raw for BF16 */
+        uint16_t *bf = wr->raw; /* the stored bytes are consumed: reuse raw for BF16 */
         for (int64_t i = 0; i < n * cols; i++)
             bf[i] = nx_f32_to_bf16(wr->w[i]);
         NX_TRY(out_write(wr, out, (uint64_t)(r * cols) * 2, bf, (size_t)(n * cols) * 2, e));
-        wr->done += (uint64_t)(n * cols);
+        wr->done += (uint64_t)n * (t->nbytes / (uint64_t)t->shape[0]);
         nx_progress_poll(&wr->pg, wr->done);
     }
     return NX_OK;
@@ -210,7 +210,7 @@ static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrow
     return bad ? -1 : 0;
 }
 
-/* The kernels read BF16/F16/F32 as stored; FP8 block-scaled sources are dequantized first. */
+/* The kernels read BF16/F16/F32 as stored; encoded (FP8, INT4) sources are decoded first. */
 static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r, int64_t n,
                       const void **src, nx_dtype *dt, nx_err *e)
 {
@@ -265,7 +265,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
     const nx_tensor *t = &wr->c->t[m->tensor];
     const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
     int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
-    size_t esz = nx_dtype_size(t->dtype);
+    uint64_t row_bytes = t->nbytes / (uint64_t)m->rows; /* as stored: progress counts these */
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
         const void *src;
@@ -273,7 +273,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
         NX_TRY(read_block(wr, t, m->tensor, r, n, &src, &dt, e));
         NX_ERROR_IF(dt != NX_DT_BF16 && dt != NX_DT_F16 && dt != NX_DT_F32, e, NX_EINPUT,
                     "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, F32 or "
-                    "FP8 with scales", nx_source_path(wr->src, m->tensor), t->name,
+                    "encoded with scales", nx_source_path(wr->src, m->tensor), t->name,
                     nx_dtype_name(t->dtype));
         NX_ERROR_IF(quantize_block(wr, src, dt, n, m->cols, wr->a->w[q],
                                    blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL) != 0,
@@ -286,7 +286,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
-        wr->done += (uint64_t)(n * m->cols) * esz;
+        wr->done += (uint64_t)n * row_bytes;
         nx_progress_poll(&wr->pg, wr->done);
     }
     return NX_OK;

@@ -203,9 +203,10 @@ def write_sparse_shard(path, entries, values=None):
     hdr += b" " * ((8 - len(hdr) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hdr)) + hdr)
-        for name, data in (values or {}).items():
-            f.seek(8 + len(hdr) + header[name]["data_offsets"][0])
-            f.write(data)
+        for name, _, _ in items:  # values may hold other shards' tensors too
+            if values and name in values:
+                f.seek(8 + len(hdr) + header[name]["data_offsets"][0])
+                f.write(values[name])
     os.truncate(path, 8 + len(hdr) + offset)
     return offset
 

@@ -521,7 +521,7 @@ static int run_verify(const char *dir, const char *model, int json, nx_verify_re
     size_t len = 0;
     *text = NULL;
     FILE *out = open_memstream(text, &len);
-    nx_verify_opts o = { dir, model, json };
+    nx_verify_opts o = { .dir = dir, .model = model, .json = json };
     int rc = nx_verify_run(&o, r, out, e);
     fclose(out);
     return rc;

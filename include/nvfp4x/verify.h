@@ -10,10 +10,15 @@
 
 #include "nvfp4x/error.h"
 
+#include "nvfp4x/quantize.h"
+
 typedef struct nx_verify_opts {
     const char *dir;   /* the checkpoint to check */
     const char *model; /* source model directory, or NULL */
     int json;          /* violations as JSON lines instead of text */
+    int sweep;         /* with model: block scales must be the MSE sweep's choice (rule MSE) */
+    nx_numerics numerics; /* of that sweep */
+    int full;          /* every block, not a sample */
 } nx_verify_opts;
 
 typedef struct nx_verify_result {

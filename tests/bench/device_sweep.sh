@@ -12,7 +12,8 @@
 # or the .deb files in DEPS_DEBS (default .deps/), unpacked here as tests/bench/device_run.sh
 # does. Everything goes to $OUT (default /tmp/nvfp4x-device-sweep): machine.txt, build.log,
 # bench_sweep*.txt, gpu_sweep.json/.txt, bench_export.txt and the export logs. About 5 minutes.
-# SIZE_GB (default 4) sizes the exported model; NPS (default "1 16") the rank counts.
+# SIZE_GB (default 4) sizes the exported model; NPS (default "1 16") the rank counts;
+# NX_PYTHON (default python3) is the Python with numpy, h5py (and torch, triton).
 set -uo pipefail
 OUT=${OUT:-/tmp/nvfp4x-device-sweep}
 mkdir -p "$OUT"
@@ -30,12 +31,13 @@ fi
 export LD_LIBRARY_PATH=$D/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 NCORES=$(nproc)
+PY=${NX_PYTHON:-python3}
 {
     echo "cores: $NCORES"; lscpu | grep -E 'Model name|Socket|Core|Thread|MHz|L3|Flags' | cut -c1-400
     free -g | head -2; df -h /tmp | tail -1
-    command -v mpicc mpirun cmake python3; mpirun --version | head -1
+    command -v mpicc mpirun cmake "$PY"; mpirun --version | head -1
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv 2>&1
-    python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' 2>&1
+    "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' 2>&1
     ls /usr/include/zlib.h "$D"/usr/include/cjson/cJSON.h 2>&1
 } >"$OUT/machine.txt" 2>&1
 stamp "machine"; cat "$OUT/machine.txt"
@@ -69,7 +71,7 @@ done
 # --- ModelOpt's kernel on the GPU, same blocks -----------------------------------------------
 stamp "gpu"
 if [ -n "${MODELOPT_SRC:-}" ] && command -v nvidia-smi >/dev/null; then
-    timeout 300 python3 tests/bench/modelopt_sweep_gpu.py --dump "$OUT/sweep_blocks.bin" \
+    timeout 300 "$PY" tests/bench/modelopt_sweep_gpu.py --dump "$OUT/sweep_blocks.bin" \
         --out "$OUT/gpu_sweep.json" --reps 20 >"$OUT/gpu_sweep.txt" 2>&1
     echo "gpu harness exit $?"; tail -30 "$OUT/gpu_sweep.txt"
 else
@@ -82,7 +84,7 @@ rm -f "$OUT/sweep_blocks.bin" # 70 MB: not worth bringing back
 stamp "bench_export"
 TIMEBIN=$D/usr/bin/time
 [ -x "$TIMEBIN" ] || TIMEBIN=/usr/bin/time
-NX_BIN=$B/nvfp4x NX_TIME="$TIMEBIN" NX_PYTHON=python3 timeout 420 \
+NX_BIN=$B/nvfp4x NX_TIME="$TIMEBIN" NX_PYTHON="$PY" timeout 420 \
     bash tests/bench/bench_export.sh --size-gb "${SIZE_GB:-4}" --np "${NPS:-1 $NCORES}" \
     --weight-calib "max mse" --export-args "--no-fsync" --work /tmp/nvfp4x-bench-sweep 2>&1 |
     tee "$OUT/bench_export.txt"

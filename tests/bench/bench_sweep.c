@@ -147,8 +147,8 @@ int main(int argc, char **argv)
            "%d cores online; best kernel %s\n", (long long)n, o.data, (double)g,
            o.numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)sysconf(_SC_NPROCESSORS_ONLN),
            nx_kernel_name(best));
-    printf("%-8s %-6s %8s %14s %18s %12s\n", "variant", "prune", "threads", "blocks/s",
-           "blocks/s/thread", "cand/block");
+    printf("%-8s %-6s %8s %14s %18s %12s %8s\n", "variant", "prune", "threads", "blocks/s",
+           "blocks/s/thread", "cand/block", "pruned");
     int64_t ev = 0;
     /* reference choices for the check: the fastest variant, pruned, one thread */
     run(nx_sweep_kernel_fn(best), &x, w, n, 1, 1, want, &ev);
@@ -163,14 +163,16 @@ int main(int argc, char **argv)
                 int64_t m = v == NX_KERNEL_REF && !prune ? (n + 15) / 16 : n;
                 double t = run(fn, &x, w, m, prune, nt, kb, &ev);
                 int same = memcmp(kb, want, (size_t)m) == 0;
-                printf("%-8s %-6s %8d %14.0f %18.0f %12.1f%s\n", nx_kernel_name((nx_kernel)v),
-                       prune ? "on" : "off", nt, (double)m / t, (double)m / t / nt,
-                       (double)ev / (double)m, same ? "" : "  MISMATCH");
+                double cand = (double)ev / (double)m;
+                printf("%-8s %-6s %8d %14.0f %18.0f %12.1f %7.1f%%%s\n",
+                       nx_kernel_name((nx_kernel)v), prune ? "on" : "off", nt, (double)m / t,
+                       (double)m / t / nt, cand, 100.0 * (1.0 - cand / NX_SWEEP_CANDIDATES),
+                       same ? "" : "  MISMATCH");
             }
         }
     }
-    printf("(best of 3; cand/block: candidates whose loss was computed, of 126; a SIMD "
-           "vector counts all its lanes)\n");
+    printf("(best of 3; cand/block: candidates whose loss was computed, of 126, a SIMD "
+           "vector counting all its lanes; pruned: the rest)\n");
     if (o.dump && dump(o.dump, h, n, g, want) != 0) {
         fprintf(stderr, "bench_sweep: cannot write %s\n", o.dump);
         return 1;

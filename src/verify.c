@@ -884,11 +884,30 @@ static int split_source(vctx *v, nx_err *e)
             v->item = i;
             rc = nx_verify_source_copied(v, i, e);
         }
+    if (v->o->sweep && (v->own = calloc((size_t)v->n_mod + 1, sizeof *v->own)) == NULL)
+        rc = nx_err_set(e, NX_EIO, "out of memory");
     v->phase = PH_SRC_QUANT;
     for (int64_t k = 0; rc == NX_OK && k < v->n_mod; k++)
         if (v->m[k].status == MOD_QUANT && v->mod_owner[k] == v->rank) {
             v->item = k;
             rc = nx_verify_source_module(v, k, e);
+        }
+    return agree(v, rc, e);
+}
+
+/* MSE against the source (--weight-calib mse), once every module's max |W| is known. */
+static int split_sweep(vctx *v, nx_err *e)
+{
+    int rc = NX_OK;
+    if (v->o->model == NULL || !v->o->sweep)
+        return NX_OK;
+    if (v->size > 1) /* each max is known to the module's owner, 0 elsewhere */
+        MPI_Allreduce(MPI_IN_PLACE, v->own, (int)v->n_mod, MPI_FLOAT, MPI_MAX, v->comm);
+    v->phase = PH_SRC_SWEEP;
+    for (int64_t k = 0; rc == NX_OK && k < v->n_mod; k++)
+        if (v->m[k].status == MOD_QUANT && v->mod_owner[k] == v->rank) {
+            v->item = k;
+            rc = nx_verify_source_sweep(v, k, e);
         }
     return agree(v, rc, e);
 }
@@ -923,6 +942,7 @@ static void vctx_free(vctx *v)
         free(v->found[i].line);
     free(v->found);
     free(v->entries);
+    free(v->own);
 }
 
 /* size 1 without MPI (nx_verify_run), or the ranks of v->comm. */
@@ -940,6 +960,8 @@ static int verify_run(vctx *v, nx_err *e)
         rc = rank0_run(v, e);
     if (rc == NX_OK)
         rc = split_source(v, e);
+    if (rc == NX_OK)
+        rc = split_sweep(v, e);
     int collected = results_collect(v, e); /* also after an error: what was found so far */
     rc = rc != NX_OK ? rc : collected;
     if (rc == NX_OK && v->report)

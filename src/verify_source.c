@@ -11,6 +11,7 @@
 
 #include "nvfp4x/encoding.h"
 #include "nvfp4x/quantize.h"
+#include "nvfp4x/sweep.h"
 #include "verify_internal.h"
 
 #define EXACT_CHUNK_ELEMS ((int64_t)1 << 20)
@@ -320,6 +321,24 @@ typedef struct exact_bufs {
     float *w;
 } exact_bufs;
 
+/* Buffers for n source elements at a time (raw: up to 4 bytes each as stored). */
+static int exact_bufs_alloc(exact_bufs *b, int64_t n, const char *module, nx_err *e)
+{
+    *b = (exact_bufs){ malloc((size_t)n * 4), malloc((size_t)n / 2), malloc((size_t)n / 16),
+                       malloc((size_t)n * sizeof(float)) };
+    NX_ERROR_IF(!b->raw || !b->codes || !b->scales || !b->w, e, NX_EIO,
+                "out of memory checking %s", module);
+    return NX_OK;
+}
+
+static void exact_bufs_free(exact_bufs *b)
+{
+    free(b->raw);
+    free(b->codes);
+    free(b->scales);
+    free(b->w);
+}
+
 /* An element whose code not every candidate reproduces: which ones fail. */
 static void exact_element(float w, float s, uint8_t got, int64_t row, int64_t col,
                           exact_acc *acc)
@@ -369,6 +388,10 @@ static int exact_chunk(vctx *v, const module *m, int64_t si, int64_t r0, int64_t
     NX_TRY(nx_verify_tensor_read(&v->c, m->t[SFX_WEIGHT_SCALE], (uint64_t)(r0 * m->in / 16),
                                  b->scales, (size_t)(n / 16), e));
     exact_rows(b, r0, nr, m->in, acc);
+    if (v->own) { /* the sweep check needs every module's max |W| */
+        float mx = nx_absmax_f32(b->w, n);
+        v->own[m - v->m] = mx > v->own[m - v->m] ? mx : v->own[m - v->m];
+    }
     nx_qstats_add(&acc->st, b->w, nr, m->in, b->codes, b->scales, acc->ws.c[acc->ws.primary]);
     return NX_OK;
 }
@@ -377,19 +400,14 @@ static int exact_check(vctx *v, const module *m, int64_t si, exact_acc *acc, nx_
 {
     int64_t chunk_rows = EXACT_CHUNK_ELEMS / m->in > 0 ? EXACT_CHUNK_ELEMS / m->in : 1;
     int64_t n = chunk_rows * m->in;
-    exact_bufs b = { malloc((size_t)n * 4), malloc((size_t)n / 2), malloc((size_t)n / 16),
-                     malloc((size_t)n * sizeof(float)) };
-    int rc = b.raw && b.codes && b.scales && b.w ? NX_OK
-             : nx_err_set(e, NX_EIO, "out of memory checking %s", m->name);
+    exact_bufs b;
+    int rc = exact_bufs_alloc(&b, n, m->name, e);
     ws2_candidates(v, m, &acc->ws);
     acc->alive = (1u << acc->ws.n) - 1;
     for (int64_t r0 = 0; rc == NX_OK && r0 < m->rows; r0 += chunk_rows)
         rc = exact_chunk(v, m, si, r0, m->rows - r0 < chunk_rows ? m->rows - r0 : chunk_rows,
                          &b, acc, e);
-    free(b.raw);
-    free(b.codes);
-    free(b.scales);
-    free(b.w);
+    exact_bufs_free(&b);
     return rc;
 }
 
@@ -467,4 +485,116 @@ int nx_verify_source_module(vctx *v, int64_t k, nx_err *e)
     NX_TRY(exact_check(v, m, si, &acc, e));
     exact_report(v, m, &acc);
     return stats_keep(v, m, &acc.st, e);
+}
+
+/* ---- MSE: the sweep's choice --------------------------------------------------------------- */
+
+#define SWEEP_SAMPLE_BLOCKS 4096 /* per module without --full, from rows spread evenly */
+
+/* Max of v->own over the quantized members of k's group (members[0..n)); 0 if one is unknown.
+ * With pattern >= 0, only the members with that ModelOpt pattern (nx_sweep_pattern). */
+static float group_max(const vctx *v, int64_t k, const int64_t *members, int n, int pattern)
+{
+    float g = v->own[k];
+    for (int i = 0; i < n; i++) {
+        const module *o = &v->m[members[i]];
+        if (o->status != MOD_QUANT || (pattern >= 0 && nx_sweep_pattern(o->name) != pattern))
+            continue;
+        if (v->own[members[i]] == 0.0f)
+            return 0.0f;
+        g = v->own[members[i]] > g ? v->own[members[i]] : g;
+    }
+    return g;
+}
+
+/* g of the sweep (ModelOpt's pre-sweep groups) and g' of the export (fused groups, which add
+ * the MLA pair, re-encoded after the sweep): MSE.md sections 1 and 5. */
+static void sweep_globals(const vctx *v, int64_t k, float *g, float *g_export)
+{
+    int64_t members[3];
+    int n = nx_verify_fused_group(v, v->m[k].name, members), p = nx_sweep_pattern(v->m[k].name);
+    *g = p >= 0 ? group_max(v, k, members, n, p) : v->own[k];
+    *g_export = group_max(v, k, members, n, -1);
+}
+
+typedef struct sweep_acc {
+    int64_t checked, wrong, first_row, first_block;
+    uint8_t stored, want;
+} sweep_acc;
+
+static void sweep_compare(const uint8_t *stored, const uint8_t *want, int64_t r0, int64_t nr,
+                          int64_t per_row, sweep_acc *acc)
+{
+    for (int64_t b = 0; b < nr * per_row; b++) {
+        acc->checked++;
+        if (stored[b] == want[b])
+            continue;
+        if (acc->wrong++ == 0) {
+            acc->first_row = r0 + b / per_row;
+            acc->first_block = b % per_row;
+            acc->stored = stored[b];
+            acc->want = want[b];
+        }
+    }
+}
+
+/* Rows [r0, r0 + nr): the sweep's code for each block against the stored one. */
+static int sweep_rows(vctx *v, const module *m, int64_t si, const nx_sweep_ctx *x,
+                      float g_export, int64_t r0, int64_t nr, exact_bufs *b, sweep_acc *acc,
+                      nx_err *e)
+{
+    int64_t per_row = m->in / 16, n = nr * per_row;
+    NX_TRY(source_rows_f32(v, si, r0, nr, b, e));
+    NX_TRY(nx_verify_tensor_read(&v->c, m->t[SFX_WEIGHT_SCALE], (uint64_t)(r0 * per_row),
+                                 b->scales, (size_t)n, e));
+    nx_kernel kern = nx_kernel_best();
+    nx_sweep_fn fn = nx_sweep_kernel_fn(kern) ? nx_sweep_kernel_fn(kern) : nx_sweep_blocks_ref;
+    uint8_t *kb = b->codes; /* n <= chunk/2 bytes */
+    fn(x, b->w, n, 1, kb, NULL);
+    for (int64_t i = 0; i < n; i++)
+        kb[i] = nx_static_block_scale(nx_sweep_block_amax(x, kb[i]), g_export,
+                                      v->o->numerics);
+    sweep_compare(b->scales, kb, r0, nr, per_row, acc);
+    return NX_OK;
+}
+
+static int sweep_check(vctx *v, const module *m, int64_t si, const nx_sweep_ctx *x,
+                       float g_export, sweep_acc *acc, nx_err *e)
+{
+    int64_t per_row = m->in / 16, chunk = EXACT_CHUNK_ELEMS / m->in > 0 ? EXACT_CHUNK_ELEMS / m->in : 1;
+    int64_t want = v->o->full ? m->rows : (SWEEP_SAMPLE_BLOCKS + per_row - 1) / per_row;
+    int64_t step = want >= m->rows ? 1 : m->rows / want, nrow = want >= m->rows ? chunk : 1;
+    int64_t n = chunk * m->in;
+    exact_bufs b;
+    int rc = exact_bufs_alloc(&b, n, m->name, e);
+    for (int64_t r0 = 0; rc == NX_OK && r0 < m->rows; r0 += step == 1 ? nrow : step)
+        rc = sweep_rows(v, m, si, x, g_export, r0, m->rows - r0 < nrow ? m->rows - r0 : nrow,
+                        &b, acc, e);
+    exact_bufs_free(&b);
+    return rc;
+}
+
+int nx_verify_source_sweep(vctx *v, int64_t k, nx_err *e)
+{
+    const module *m = &v->m[k];
+    int rc;
+    char *wname = nx_asprintf("%s.weight", m->name);
+    NX_ALLOC_CHECK(wname, e, "a tensor name");
+    int64_t si = tensor_find(&v->src, wname);
+    free(wname);
+    float g, g_export;
+    sweep_globals(v, k, &g, &g_export);
+    if (si < 0 || !m->layout_ok || g == 0.0f || g_export == 0.0f)
+        return NX_OK; /* T1/T2 already reported, or a group member could not be read */
+    nx_sweep_ctx x;
+    NX_TRY(nx_sweep_ctx_init(&x, g, v->o->numerics, e));
+    sweep_acc acc = { 0 };
+    rc = sweep_check(v, m, si, &x, g_export, &acc, e);
+    if (rc == NX_OK && acc.wrong)
+        nx_violation(v, "MSE", m->name, "%lld of %lld blocks checked have a block scale that is "
+                     "not the MSE sweep's choice (%s numerics; first at row %lld block %lld: "
+                     "0x%02X, the sweep gives 0x%02X)", (long long)acc.wrong,
+                     (long long)acc.checked, v->o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu",
+                     (long long)acc.first_row, (long long)acc.first_block, acc.stored, acc.want);
+    return rc;
 }

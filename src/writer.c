@@ -173,6 +173,16 @@ static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
+/* --weight-calib mse: the whole tensor's per-block amax from the sweep. */
+static int swept_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    int64_t n = m->rows * (m->cols / NX_BLOCK);
+    *blocks = malloc(((size_t)n + 1) * sizeof **blocks);
+    NX_ALLOC_CHECK(*blocks, e, "the swept block amax");
+    return nx_mse_block_amax(wr->o->mse, q, 0, n, *blocks, e);
+}
+
 static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
 {
     const nx_qmod *m = &wr->k->q[q];
@@ -238,6 +248,26 @@ static void report_rows(writer *wr, const void *src, nx_dtype dt, int64_t n, int
                   nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
 }
 
+/* --report of a swept module, once the rows' codes are written (the buffers are reused): the
+ * error the dynamic (max) scales would have had, and the chosen amax over each block's max. */
+static void report_sweep(writer *wr, const void *src, nx_dtype dt, int64_t n, int64_t cols,
+                         int64_t q, const float *blocks)
+{
+    nx_report_entry *r = &wr->rep[wr->n_rep - 1];
+    for (int64_t b = 0; b < n * cols / NX_BLOCK; b++) {
+        float m = nx_absmax_f32(wr->w + b * NX_BLOCK, NX_BLOCK);
+        if (m > 0.0f) {
+            r->sw.scale_ratio_sum += (double)blocks[b] / (double)m;
+            r->sw.scale_ratio_blocks++;
+        }
+    }
+    quantize_block(wr, src, dt, n, cols, wr->a->w[q], NULL); /* finite: checked before */
+    nx_qstats max = { 0 };
+    nx_qstats_add(&max, wr->w, n, cols, wr->codes, wr->scales,
+                  nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
+    r->sw.sum_sq_err_max += max.sum_sq_err;
+}
+
 static int report_begin(writer *wr, int64_t q, nx_err *e)
 {
     if (wr->n_rep == wr->cap_rep) {
@@ -254,6 +284,7 @@ static int report_begin(writer *wr, int64_t q, nx_err *e)
     r->w_from_weight = wr->a->w_from_weight[q];
     r->in_from_layer = wr->a->in_from_layer[q];
     r->w_static = wr->s->w_static[q];
+    r->w_swept = wr->o->mse != NULL;
     wr->n_rep++;
     return NX_OK;
 }
@@ -286,6 +317,8 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
+        if (wr->o->report && wr->o->mse)
+            report_sweep(wr, src, dt, n, m->cols, q, blocks + r * (m->cols / NX_BLOCK));
         wr->done += (uint64_t)n * row_bytes;
         nx_progress_poll(&wr->pg, wr->done);
     }
@@ -303,7 +336,8 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     int64_t q = wr->k->qmod_of[w->tensor];
     float *blocks = NULL;
-    int rc = wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
+    int rc = wr->o->mse ? swept_blocks(wr, q, &blocks, e)
+             : wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
     if (rc == NX_OK && wr->o->report)
         rc = report_begin(wr, q, e);
     if (rc == NX_OK)

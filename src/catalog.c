@@ -224,8 +224,80 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
     return NX_OK;
 }
 
-/* The source encoding (encoding.h): decoded weights get their scale tensor and tile, scale
- * tensors and static activation scales are consumed. */
+static int source_read_cb(void *ctx, int64_t tensor, uint64_t off, void *buf, size_t len,
+                              nx_err *e)
+{
+    return nx_source_read(ctx, tensor, off, buf, len, e);
+}
+
+static const nx_tensor *g_sort_t;
+
+static int cmp_tensor_index(const void *a, const void *b)
+{
+    return nx_natural_cmp(g_sort_t[*(const int64_t *)a].name,
+                          g_sort_t[*(const int64_t *)b].name);
+}
+
+int nx_catalog_resort(nx_catalog *c, nx_err *e)
+{
+    int64_t *ord = malloc(((size_t)c->n + 1) * sizeof *ord);
+    int64_t *pos = malloc(((size_t)c->n + 1) * sizeof *pos);
+    nx_tensor *t = malloc(((size_t)c->n + 1) * sizeof *t);
+    if (!ord || !pos || !t) {
+        free(ord), free(pos), free(t);
+        return nx_err_set(e, NX_EIO, "out of memory sorting the catalog");
+    }
+    for (int64_t i = 0; i < c->n; i++)
+        ord[i] = i;
+    g_sort_t = c->t;
+    qsort(ord, (size_t)c->n, sizeof *ord, cmp_tensor_index);
+    for (int64_t i = 0; i < c->n; i++) {
+        t[i] = c->t[ord[i]];
+        pos[ord[i]] = i;
+    }
+    for (int64_t i = 0; i < c->n; i++)
+        t[i].scale = t[i].scale >= 0 ? pos[t[i].scale] : -1;
+    free(c->t);
+    c->t = t;
+    free(ord);
+    free(pos);
+    nx_strmap_free(&c->by_name);
+    NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
+    for (int64_t i = 0; i < c->n; i++)
+        NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) != 0, e, NX_EINPUT,
+                    "%s: two tensors are named %s once decoded or split", c->dir,
+                    c->t[i].name);
+    return NX_OK;
+}
+
+/* The decisions of encoding.h: encoded weights get their decoder, scale tensor and tile, an
+ * INT4 weight its linear's name and shape; scales and weight shapes are consumed. */
+static int apply_encoding(nx_catalog *c, const nx_encoding *enc, nx_err *e)
+{
+    int renamed = 0;
+    for (int64_t i = 0; i < c->n; i++) {
+        nx_tensor *t = &c->t[i];
+        const nx_enc_link *l = &enc->link[i];
+        t->scale = l->scale;
+        memcpy(t->tile, l->tile, sizeof t->tile);
+        t->codec = l->codec;
+        t->consumed = l->dropped;
+        if (l->codec != NX_CODEC_INT4)
+            continue;
+        char *name = nx_enc_weight_name(t->name, l);
+        NX_ALLOC_CHECK(name, e, "a tensor name");
+        free(t->name);
+        t->name = name;
+        t->shape[0] = l->shape[0];
+        t->shape[1] = l->shape[1];
+        renamed = 1;
+    }
+    snprintf(c->encoding, sizeof c->encoding, "%s", enc->what);
+    c->n_encoded = enc->n_encoded;
+    return renamed ? nx_catalog_resort(c, e) : NX_OK;
+}
+
+/* The source encoding (encoding.h), decided on the rank that loads the catalog. */
 static int link_encoding(nx_catalog *c, nx_err *e)
 {
     nx_enc_tensor *in = malloc(((size_t)c->n + 1) * sizeof *in);
@@ -233,29 +305,33 @@ static int link_encoding(nx_catalog *c, nx_err *e)
     for (int64_t i = 0; i < c->n; i++)
         in[i] = (nx_enc_tensor){ c->t[i].name, c->t[i].dtype, c->t[i].ndim, c->t[i].shape };
     cJSON *cfg = parse_json(c->config_text);
-    nx_encoding enc;
-    int rc = nx_encoding_detect(c->dir, cfg, in, c->n, &enc, e);
-    for (int64_t i = 0; rc == NX_OK && i < c->n; i++) {
-        c->t[i].scale = enc.link[i].scale;
-        memcpy(c->t[i].tile, enc.link[i].tile, sizeof c->t[i].tile);
-        c->t[i].consumed = enc.link[i].dropped;
-    }
-    if (rc == NX_OK) {
-        snprintf(c->encoding, sizeof c->encoding, "%s", enc.what);
-        c->n_encoded = enc.n_encoded;
-    }
+    nx_source src;
+    nx_encoding enc = { 0 };
+    int rc = nx_source_open(&src, c, 0, e);
+    if (rc == NX_OK)
+        rc = nx_encoding_detect(c->dir, cfg, in, c->n, source_read_cb, &src, &enc, e);
+    nx_source_close(&src);
+    free(in);
+    if (rc == NX_OK)
+        rc = apply_encoding(c, &enc, e);
     nx_encoding_free(&enc);
     cJSON_Delete(cfg);
-    free(in);
     return rc;
 }
 
-/* Fused experts around the encoding (fused.h): views first, so that the encoding sees them. */
-static int link_source(nx_catalog *c, nx_err *e)
+/* Fused experts (fused.h) on a catalog whose encoding is decided: per-expert views added,
+ * BMM projections recorded, then checked. Every rank derives them. */
+static int link_fused(nx_catalog *c, nx_err *e)
 {
     NX_TRY(nx_catalog_fused_views(c, e));
-    NX_TRY(link_encoding(c, e));
     return nx_catalog_fused_finish(c, e);
+}
+
+/* The encoding, on the rank that loads the catalog; then the fused experts. */
+static int link_source(nx_catalog *c, nx_err *e)
+{
+    NX_TRY(link_encoding(c, e));
+    return link_fused(c, e);
 }
 
 int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
@@ -294,32 +370,54 @@ int nx_catalog_load(const char *dir, nx_catalog *c, nx_err *e)
     return rc;
 }
 
+/* The position each tensor has in the broadcast, which leaves fused-expert views out (the
+ * receivers derive them again); NULL when out of memory. */
+static int64_t *packed_positions(const nx_catalog *c, int64_t *n_packed)
+{
+    int64_t *pos = malloc(((size_t)c->n + 1) * sizeof *pos);
+    *n_packed = 0;
+    for (int64_t i = 0; pos && i < c->n; i++)
+        pos[i] = c->t[i].view == NX_VIEW_OF_FUSED ? -1 : (*n_packed)++;
+    return pos;
+}
+
 static void pack_catalog(const nx_catalog *c, nx_buf *b)
 {
+    int64_t n_packed, *pos = packed_positions(c, &n_packed);
+    if (pos == NULL) {
+        b->failed = 1;
+        return;
+    }
     nx_buf_put_str(b, c->dir);
     nx_buf_put_str(b, c->config_text);
     nx_buf_put(b, c->model_type, sizeof c->model_type);
     nx_buf_put_u64(b, (uint64_t)c->num_hidden_layers);
     nx_buf_put_u64(b, (uint64_t)c->num_experts);
+    nx_buf_put(b, c->encoding, sizeof c->encoding);
+    nx_buf_put_u64(b, (uint64_t)c->n_encoded);
     nx_buf_put_u64(b, (uint64_t)c->n_files);
     for (int32_t f = 0; f < c->n_files; f++)
         nx_buf_put_str(b, c->files[f]);
-    int64_t views = 0; /* fused-expert views are derived again by the receivers */
-    for (int64_t i = 0; i < c->n; i++)
-        views += c->t[i].view == NX_VIEW_OF_FUSED;
-    nx_buf_put_u64(b, (uint64_t)(c->n - views));
+    nx_buf_put_u64(b, (uint64_t)n_packed);
     for (int64_t i = 0; i < c->n; i++) {
         const nx_tensor *t = &c->t[i];
-        if (t->view == NX_VIEW_OF_FUSED)
+        if (pos[i] < 0)
             continue;
         nx_buf_put_str(b, t->name);
         nx_buf_put_u64(b, (uint64_t)t->dtype | (uint64_t)t->ndim << 8 |
-                              (uint64_t)(uint32_t)t->file << 16);
+                              (uint64_t)t->codec << 16 | (uint64_t)t->consumed << 24 |
+                              (uint64_t)(uint32_t)t->file << 32);
         for (int d = 0; d < t->ndim; d++)
             nx_buf_put_u64(b, (uint64_t)t->shape[d]);
         nx_buf_put_u64(b, t->offset);
         nx_buf_put_u64(b, t->nbytes);
+        nx_buf_put_u64(b, (uint64_t)(t->scale >= 0 ? pos[t->scale] : -1));
+        if (t->scale >= 0) {
+            nx_buf_put_u64(b, (uint64_t)t->tile[0]);
+            nx_buf_put_u64(b, (uint64_t)t->tile[1]);
+        }
     }
+    free(pos);
 }
 
 static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
@@ -330,6 +428,9 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     nx_buf_get(b, c->model_type, sizeof c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
+    nx_buf_get(b, c->encoding, sizeof c->encoding);
+    c->encoding[sizeof c->encoding - 1] = '\0';
+    c->n_encoded = (int64_t)nx_buf_get_u64(b);
     int32_t nf = (int32_t)nx_buf_get_u64(b);
     c->files = calloc((size_t)nf + 1, sizeof *c->files);
     NX_ALLOC_CHECK(c->files, e, "the shard list");
@@ -344,18 +445,25 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
         uint64_t packed = nx_buf_get_u64(b);
         t->dtype = (nx_dtype)(packed & 0xFF);
         t->ndim = (int)((packed >> 8) & 0xFF);
-        t->file = (int32_t)(packed >> 16);
+        t->codec = (uint8_t)((packed >> 16) & 0xFF);
+        t->consumed = (uint8_t)((packed >> 24) & 0xFF);
+        t->file = (int32_t)(packed >> 32);
         for (int d = 0; d < t->ndim && d < NX_MAX_DIMS; d++)
             t->shape[d] = (int64_t)nx_buf_get_u64(b);
         t->offset = nx_buf_get_u64(b);
         t->nbytes = nx_buf_get_u64(b);
+        t->scale = (int64_t)nx_buf_get_u64(b);
+        if (t->scale >= 0) {
+            t->tile[0] = (int64_t)nx_buf_get_u64(b);
+            t->tile[1] = (int64_t)nx_buf_get_u64(b);
+        }
         c->total_bytes += t->nbytes;
     }
     NX_ERROR_IF(b->failed, e, NX_EIO, "the broadcast catalog is damaged or memory ran out");
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++)
         NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
-    return link_source(c, e);
+    return link_fused(c, e);
 }
 
 int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)
@@ -441,41 +549,21 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
     return rc;
 }
 
-/* Rows [row0, row0+nrows) of an FP8 weight: RNE_bf16(fl32(fp8 * scale)) (encoding.h). */
-static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t nrows,
-                        float *dst, const uint8_t *q, nx_err *e)
+nx_dec_weight nx_source_weight(const nx_catalog *c, int64_t tensor)
 {
-    const nx_tensor *st = &s->c->t[t->scale];
-    int64_t first, count, scols = nx_enc_scale_cols(t->tile, t->shape[1]);
-    nx_enc_scale_rows(t->tile, row0, nrows, &first, &count);
-    size_t esz = nx_dtype_size(st->dtype), n = (size_t)(count * scols);
-    float *scale = malloc(n * (sizeof *scale + esz));
-    NX_ALLOC_CHECK(scale, e, "FP8 scales");
-    void *raw = scale + n;
-    int rc = nx_source_read(s, t->scale, (uint64_t)(first * scols) * esz, raw, n * esz, e);
-    if (rc == NX_OK && nx_widen_f32(raw, st->dtype, (int64_t)n, scale) != 0)
-        rc = nx_err_set(e, NX_EINPUT, "%s: scale tensor %s has dtype %s", nx_source_path(s,
-                        t->scale), st->name, nx_dtype_name(st->dtype));
-    if (rc == NX_OK)
-        nx_fp8_decode_rows(q, row0, nrows, t->shape[1], scale, scols, t->tile, dst, NULL);
-    free(scale);
-    return rc;
+    const nx_tensor *t = &c->t[tensor];
+    nx_dec_weight w = { t->name, (nx_codec)t->codec, t->dtype, t->shape[0], t->shape[1],
+                        t->scale, NX_DT_F32, { t->tile[0], t->tile[1] } };
+    if (t->scale >= 0)
+        w.scale_dtype = c->t[t->scale].dtype;
+    return w;
 }
 
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e)
 {
-    const nx_tensor *t = &s->c->t[tensor];
-    size_t esz = nx_dtype_size(t->dtype);
-    uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
-    NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,
-                          (size_t)((uint64_t)nrows * row_bytes), e));
-    if (t->scale >= 0)
-        return fp8_rows_f32(s, t, row0, nrows, dst, raw, e);
-    NX_ERROR_IF(nx_widen_f32(raw, t->dtype, nrows * t->shape[1], dst) != 0, e, NX_EINPUT,
-                "%s: tensor %s has dtype %s; quantized weights must be BF16, F16 or F32",
-                nx_source_path(s, tensor), t->name, nx_dtype_name(t->dtype));
-    return NX_OK;
+    nx_dec_weight w = nx_source_weight(s->c, tensor);
+    return nx_decode_rows(source_read_cb, s, tensor, &w, row0, nrows, raw, dst, NULL, e);
 }
 
 int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e)

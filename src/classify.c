@@ -83,22 +83,6 @@ static int is_moe_block(const char *t)
     return strcmp(t, "mlp") == 0 || strcmp(t, "block_sparse_moe") == 0;
 }
 
-static int is_router(const tokens *tk)
-{
-    const char *last = tk->t[tk->n - 1];
-    if (strcmp(last, "router") == 0 || strcmp(last, "shared_expert_gate") == 0)
-        return 1;
-    return strcmp(last, "gate") == 0 && tk->n >= 2 && is_moe_block(tk->t[tk->n - 2]);
-}
-
-static int is_vision(const tokens *tk)
-{
-    for (int i = 0; i < tk->n; i++)
-        if (strncmp(tk->t[i], "vision", 6) == 0 || strcmp(tk->t[i], "visual") == 0)
-            return 1;
-    return 0;
-}
-
 /* Position of "experts" in <moe-block>.experts.<E>.<proj>, or -1. */
 static int expert_pos(const tokens *tk)
 {
@@ -109,31 +93,11 @@ static int expert_pos(const tokens *tk)
     return -1;
 }
 
-static int policy_wants(nx_policy p, const tokens *tk, int expert)
+/* Multi-token prediction: decoder layers at or past num_hidden_layers (DeepSeek, GLM), or
+ * the root mtp module (Qwen3-Next). */
+static int is_mtp(const nx_catalog *c, const tokens *tk)
 {
-    int attn = find_token(tk, "self_attn") >= 0;
-    int mlp = find_token(tk, "mlp") >= 0 || find_token(tk, "block_sparse_moe") >= 0;
-    /* Fused-expert families: Llama-4's blocks are feed_forward, Qwen3.5's gated DeltaNet
-     * linear_attn; ModelOpt's nvfp4_mlp_only matches *mlp* and *.experts.*, not those. */
-    int other = find_token(tk, "feed_forward") >= 0 || find_token(tk, "linear_attn") >= 0;
-    switch (p) {
-    case NX_POLICY_ALL: return attn || mlp || other || expert;
-    case NX_POLICY_MLP: return mlp || expert;
-    case NX_POLICY_EXPERTS: return expert;
-    }
-    return 0;
-}
-
-/* ModelOpt's default disabled patterns (FAMILIES.md 5.1) that the families of the fused-expert
- * issue meet: Qwen3.5's in_proj_a, in_proj_b and conv1d of linear_attn. */
-static int default_disabled(const char *name)
-{
-    static const char *const subs[] = { "linear_attn.in_proj_a", "linear_attn.in_proj_b",
-                                        "linear_attn.conv1d" };
-    for (size_t i = 0; i < sizeof subs / sizeof *subs; i++)
-        if (strstr(name, subs[i]))
-            return 1;
-    return 0;
+    return layer_of(tk) >= c->num_hidden_layers || strcmp(tk->t[0], "mtp") == 0;
 }
 
 static int matches_glob(const nx_classify_opts *o, const char *name)
@@ -206,6 +170,25 @@ int nx_qmod_quantizers(const nx_catalog *c, const nx_qmod *q, char **module, cha
     return *module ? NX_OK : -1;
 }
 
+/* name: the module, or a fused-expert projection in it. */
+static void warn_left_out(modinfo *m, const char *name, FILE *warn, int64_t *n_warn,
+                          const char *why)
+{
+    m->quant = 0;
+    (*n_warn)++;
+    if (warn)
+        fprintf(warn, "nvfp4x: warning: %s left unquantized: %s (listed in exclude_modules)\n",
+                name, why);
+}
+
+static void warn_in_features(modinfo *m, const char *name, FILE *warn, int64_t *n_warn,
+                             int64_t in)
+{
+    char text[96];
+    snprintf(text, sizeof text, "in_features %lld is not a multiple of 16", (long long)in);
+    warn_left_out(m, name, warn, n_warn, text);
+}
+
 /* A fused-expert projection (fused.h): one routed-expert module of its MoE layer, listed under
  * its experts module; gate_up and down share its status, not their amax. */
 static int describe_fused(const nx_catalog *c, const nx_classify_opts *o, const nx_fused *f,
@@ -219,16 +202,10 @@ static int describe_fused(const nx_catalog *c, const nx_classify_opts *o, const 
     NX_ALLOC_CHECK(m->name && m->moe ? m->group_key : NULL, e, "a module name");
     m->expert = 1;
     m->slot_kind = strcmp(f->attr, "down_proj") == 0;
-    m->quant = policy_wants(o->policy, &tk, 1) && layer_of(&tk) < c->num_hidden_layers &&
-               find_token(&tk, "mtp") != 0 && !is_vision(&tk) && !matches_glob(o, m->name) &&
-               !matches_glob(o, f->name);
-    if (m->quant && f->in % 16 != 0) {
-        m->quant = 0;
-        (*n_warn)++;
-        if (warn)
-            fprintf(warn, "nvfp4x: warning: %s left unquantized: in_features %lld is not a "
-                    "multiple of 16\n", f->name, (long long)f->in);
-    }
+    nx_sel sel = nx_select_fused(f->module, f->attr, o->policy, is_mtp(c, &tk), NULL);
+    m->quant = sel == NX_SEL_QUANTIZE && !matches_glob(o, m->name) && !matches_glob(o, f->name);
+    if (m->quant && f->in % 16 != 0)
+        warn_in_features(m, f->name, warn, n_warn, f->in);
     return NX_OK;
 }
 
@@ -243,24 +220,22 @@ static int describe(const nx_catalog *c, const nx_classify_opts *o, modinfo *m, 
     NX_ALLOC_CHECK(m->name, e, "a module name");
     tokens tk;
     split(m->name, &tk);
-    int64_t layer = layer_of(&tk);
-    int mtp = layer >= c->num_hidden_layers || find_token(&tk, "mtp") == 0; /* Qwen3.5 mtp.* */
     int ep = expert_pos(&tk);
     m->expert = ep >= 0;
     if (m->expert) {
-        m->moe = join(&tk, ep - 1 + 1);
+        m->moe = join(&tk, ep);
         NX_ALLOC_CHECK(m->moe, e, "a module name");
         const char *proj = tk.t[ep + 2];
         m->slot_kind = !strcmp(proj, "down_proj") || !strcmp(proj, "w2");
     }
-    m->quant = policy_wants(o->policy, &tk, m->expert) && !is_router(&tk) && !mtp &&
-               !is_vision(&tk) && !matches_glob(o, m->name) && !default_disabled(m->name);
-    if (m->quant && t->shape[1] % 16 != 0) {
-        m->quant = 0;
-        (*n_warn)++;
-        if (warn)
-            fprintf(warn, "nvfp4x: warning: %s left unquantized: in_features %lld is not a "
-                    "multiple of 16\n", m->name, (long long)t->shape[1]);
+    const char *why = NULL;
+    nx_sel sel = nx_select(m->name, o->policy, is_mtp(c, &tk), &why);
+    m->quant = sel == NX_SEL_QUANTIZE && t->ndim == 2 && !matches_glob(o, m->name);
+    if (sel == NX_SEL_UNKNOWN && t->ndim == 2) {
+        warn_left_out(m, m->name, warn, n_warn, "a 2-D weight of a module nvfp4x does not know as a "
+                      "linear (nor as an embedding or router)");
+    } else if (m->quant && t->shape[1] % 16 != 0) {
+        warn_in_features(m, m->name, warn, n_warn, t->shape[1]);
     }
     m->group_key = group_key(c, &tk, m->name);
     NX_ALLOC_CHECK(m->group_key, e, "a group key");
@@ -467,6 +442,15 @@ static int build_excludes(const nx_catalog *c, modinfo *m, int64_t n, nx_classes
     return NX_OK;
 }
 
+/* An attention module whose KV-cache quantizers a never-quantized pattern disables (a vision
+ * tower's), as ModelOpt's defaults disable "<attn>.k_bmm_quantizer" there. */
+static int kv_disabled(const char *attn)
+{
+    char quantizer[600];
+    snprintf(quantizer, sizeof quantizer, "%s.k_bmm_quantizer", attn);
+    return nx_select_never_quantizer(quantizer);
+}
+
 /* Attention modules (`...self_attn`) of the decoder layers, for KV-cache scales. */
 static int build_attn(const nx_catalog *c, nx_classes *k, nx_err *e)
 {
@@ -477,11 +461,13 @@ static int build_attn(const nx_catalog *c, nx_classes *k, nx_err *e)
         tokens tk;
         split(c->t[i].name, &tk);
         int at = find_token(&tk, "self_attn");
-        int64_t layer = layer_of(&tk);
-        if (at < 0 || layer < 0 || layer >= c->num_hidden_layers || is_vision(&tk) ||
-            find_token(&tk, "mtp") == 0)
+        if (at < 0 || layer_of(&tk) < 0 || is_mtp(c, &tk))
             continue;
         char *attn = join(&tk, at + 1);
+        if (attn && kv_disabled(attn)) {
+            free(attn);
+            continue;
+        }
         int put = attn ? nx_strmap_put(&seen, attn, 0) : -1;
         if (put == 0) {
             char **grown = realloc(k->attn, (size_t)(k->n_attn + 1) * sizeof *grown);
@@ -511,6 +497,25 @@ static void modinfo_free(modinfo *m, int64_t n)
     free(m);
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t ls = strlen(s), lx = strlen(suffix);
+    return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
+}
+
+/* The weights whose modules are classified: every 2-D "*.weight" (a linear, a vocabulary
+ * table, a router), convolutions, which ModelOpt lists as unquantized modules too, and
+ * fused-expert projections (fused.h). */
+static int is_module_weight(const nx_catalog *c, int64_t i)
+{
+    const nx_tensor *t = &c->t[i];
+    if (nx_catalog_fused(c, i) != NULL)
+        return 1;
+    if (t->consumed || !ends_with(t->name, ".weight") || strlen(t->name) <= 7)
+        return 0;
+    return t->ndim == 2 || (t->ndim == 3 && ends_with(t->name, ".conv1d.weight"));
+}
+
 int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,
                 nx_err *e)
 {
@@ -520,12 +525,7 @@ int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, F
     int64_t n = 0;
     int rc = NX_OK;
     for (int64_t i = 0; i < c->n && rc == NX_OK; i++) {
-        const nx_tensor *t = &c->t[i];
-        size_t len = strlen(t->name);
-        int weight = len > 7 && strcmp(t->name + len - 7, ".weight") == 0;
-        /* fused experts; a Conv1d under linear_attn is ModelOpt-quantizable, so listed */
-        int conv = weight && t->ndim == 3 && default_disabled(t->name);
-        if ((t->ndim != 2 || !weight || t->consumed) && !conv && nx_catalog_fused(c, i) == NULL)
+        if (!is_module_weight(c, i))
             continue;
         m[n].tensor = i;
         rc = describe(c, o, &m[n++], warn, &k->n_warnings, e);

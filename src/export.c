@@ -25,6 +25,7 @@ typedef struct pipeline {
     nx_stats stats;
     nx_plan plan;
     nx_amax amax;
+    nx_mse mse;      /* --weight-calib mse */
     nx_source src;
     nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
     int kv_fp8;
@@ -47,6 +48,24 @@ static void say(const pipeline *pl, const char *fmt, ...)
     va_end(ap);
 }
 
+/* --weight-calib mse sweeps 2-D linears; fused BMM experts (fused.h: Llama-4, gpt-oss) are
+ * quantized transposed in pieces, which the sweep does not read, and --cast-mxfp4 sets their
+ * block scales in closed form. Both are refused rather than guessed at. */
+static int check_sweepable(const pipeline *pl, nx_err *e)
+{
+    if (pl->o->weight_calib != NX_WEIGHT_CALIB_MSE)
+        return NX_OK;
+    NX_ERROR_IF(pl->o->cast_mxfp4, e, NX_EINPUT, "--cast-mxfp4 and --weight-calib mse both set "
+                "the static block scales; choose one");
+    for (int64_t i = 0; i < pl->cls.n_q; i++) {
+        const nx_fused *f = nx_catalog_fused(&pl->cat, pl->cls.q[i].tensor);
+        NX_ERROR_IF(f != NULL, e, NX_EINPUT, "--weight-calib mse: %s is a fused-expert "
+                    "projection, which the MSE sweep does not support; leave it unquantized "
+                    "(--exclude '%s') or use --weight-calib max", f->name, f->module);
+    }
+    return NX_OK;
+}
+
 /* Phases 1-2: catalog on rank 0, broadcast; classification on every rank. */
 static int phase_catalog(pipeline *pl, nx_err *e)
 {
@@ -57,14 +76,15 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld encoded weights decoded to BF16 on read",
-        pl->cat.encoding, (long long)pl->cat.n_encoded);
+    say(pl, "source encoding: %s; %lld encoded weights decoded to BF16 on read", pl->cat.encoding,
+        (long long)pl->cat.n_encoded);
     if (pl->cat.n_fused > 0)
         say(pl, "fused experts: %lld projections exported fused [E, in/2, out]",
             (long long)pl->cat.n_fused);
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
+    NX_TRY(check_sweepable(pl, e)); /* the same decision on every rank */
     say(pl, "classify: %lld quantized linears in %lld fused groups, %lld MoE expert slots, "
         "%lld modules excluded (%lld exclude patterns)", (long long)pl->cls.n_q,
         (long long)pl->cls.n_groups, (long long)pl->cls.n_slots,
@@ -103,6 +123,11 @@ static int phase_calib(pipeline *pl, nx_err *e)
     int rc = nx_stats_gather(pl->calib, &pl->cat, &pl->cls, &pl->stats, pl->comm, e);
     close_calib(pl, 0);
     NX_TRY(rc);
+    int64_t ignored = o->weight_calib == NX_WEIGHT_CALIB_MSE ? nx_stats_drop_weight(&pl->stats)
+                                                              : 0;
+    if (ignored)
+        say(pl, "--weight-calib mse: the weight amax of %lld modules in %s is ignored; the "
+            "sweep computes every global amax from the weights", (long long)ignored, o->calib);
     NX_ERROR_IF(o->kv == NX_KV_FP8 && !pl->stats.has_kv, e, NX_EINPUT,
                 "--kv-cache fp8: %s lacks k_bmm_quantizer/_amax or v_bmm_quantizer/_amax for "
                 "some attention layer", o->calib ? o->calib : "(no calibration file)");
@@ -137,10 +162,11 @@ static char *options_text(const pipeline *pl)
         size_t len = strlen(excl);
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
-    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s",
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s%s",
                        o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
                        o->weight_only, pl->kv_fp8, (int)o->format, excl,
-                       o->cast_mxfp4 ? " cast_mxfp4=1" : "");
+                       o->cast_mxfp4 ? " cast_mxfp4=1" : "",
+                       o->weight_calib == NX_WEIGHT_CALIB_MSE ? " weight_calib=mse" : "");
 }
 
 /* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
@@ -179,6 +205,23 @@ static int check_and_commit(pipeline *pl, nx_err *e)
     return rc;
 }
 
+/* Phase 5b, --weight-calib mse: every rank sweeps its share of all blocks. */
+static int phase_sweep(pipeline *pl, const char *dir, nx_err *e)
+{
+    nx_mse_opts mo = { .numerics = pl->o->numerics, .threads = pl->o->threads,
+                       .quiet = pl->o->quiet, .resumed = pl->resumed };
+    NX_TRY(nx_mse_run(&pl->src, &pl->cls, &pl->amax, dir, &mo, &pl->mse, pl->comm, e));
+    const nx_mse *s = &pl->mse;
+    if (s->reused)
+        say(pl, "sweep: reusing the finished sweep of %lld blocks", (long long)s->total_blocks);
+    else
+        say(pl, "sweep: %lld blocks in %.2fs, %.0f blocks/s, %.1f of 126 candidates evaluated "
+            "per block", (long long)s->total_blocks, s->seconds,
+            s->seconds > 0 ? (double)s->total_blocks / s->seconds : 0.0,
+            s->counts.blocks ? (double)s->counts.evaluated / (double)s->counts.blocks : 0.0);
+    return NX_OK;
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
@@ -202,6 +245,10 @@ static int phase_write(pipeline *pl, nx_err *e)
                          .report = o->report, .no_fsync = o->no_fsync };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
+    if (rc == NX_OK && o->weight_calib == NX_WEIGHT_CALIB_MSE) {
+        rc = phase_sweep(pl, dir, e);
+        wo.mse = &pl->mse;
+    }
     if (rc == NX_OK)
         rc = nx_write_run(&pl->src, &pl->cls, &pl->stats, &pl->amax, &pl->plan, dir, &wo,
                           pl->comm, e);
@@ -226,6 +273,7 @@ static void pipeline_free(pipeline *pl)
     if (pl->src.c)
         nx_source_close(&pl->src);
     nx_amax_free(&pl->amax);
+    nx_mse_free(&pl->mse);
     nx_plan_free(&pl->plan);
     nx_stats_free(&pl->stats);
     nx_classes_free(&pl->cls);
@@ -377,6 +425,28 @@ static void print_owners(const pipeline *pl, FILE *out)
     }
 }
 
+/* --weight-calib mse: the sweep's share of the busiest rank and its time at the rate this CPU
+ * sweeps synthetic Gaussian blocks (real weights prune differently: docs/performance.md). */
+static void print_sweep(const pipeline *pl, FILE *out)
+{
+    int64_t total = 0, lo, hi, most = 0;
+    for (int64_t i = 0; i < pl->cls.n_q; i++)
+        total += pl->cls.q[i].rows * (pl->cls.q[i].cols / NX_BLOCK);
+    for (int r = 0; r < pl->plan.nranks; r++) {
+        nx_mse_share(total, r, pl->plan.nranks, &lo, &hi);
+        most = hi - lo > most ? hi - lo : most;
+    }
+    const char *kernel = "ref";
+    double rate = nx_mse_measure_rate(pl->o->numerics, &kernel);
+    int threads = pl->o->threads > 0 ? pl->o->threads : 1;
+    fprintf(out, "weight calibration: MSE sweep (%s numerics) of %lld blocks, at most %lld per "
+            "rank\n", pl->o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (long long)total,
+            (long long)most);
+    fprintf(out, "sweep rate here: %.0f blocks/s per thread (%s, synthetic Gaussian blocks); "
+            "predicted sweep time per rank: %.1fs with %d thread%s\n", rate, kernel,
+            rate > 0 ? (double)most / (rate * threads) : 0.0, threads, threads == 1 ? "" : "s");
+}
+
 int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
 {
     pipeline pl = { .o = o, .comm = comm, .t0 = MPI_Wtime() };
@@ -391,6 +461,8 @@ int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
         rc = phase_plan(&pl, o->plan_ranks > 0 ? o->plan_ranks : pl.size, e);
     if (rc == NX_OK && pl.rank == 0)
         print_plan(&pl, out);
+    if (rc == NX_OK && pl.rank == 0 && o->weight_calib == NX_WEIGHT_CALIB_MSE)
+        print_sweep(&pl, out);
     if (rc == NX_OK && pl.rank == 0 && o->plan_owners)
         print_owners(&pl, out);
     pipeline_free(&pl);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "nvfp4x/catalog.h"
+#include "nvfp4x/decode.h"
 #include "nvfp4x/mxfp4.h"
 #include "nvfp4x/util.h"
 
@@ -316,8 +317,8 @@ uint64_t nx_fused_piece_bf16_bytes(const nx_fused *f, int64_t p)
 
 /* ---- Scratch ------------------------------------------------------------------------------ */
 
-enum { BUF_RAW, BUF_SCALES_SRC, BUF_TILE, BUF_CODES, BUF_CODES_T, BUF_SCALES, BUF_SCALES_T,
-       BUF_BLOCKS, BUF_EXPERT_BLOCKS, BUF_F32, N_BUFS };
+enum { BUF_RAW, BUF_SCALES_SRC, BUF_SCALES_F32, BUF_TILE, BUF_CODES, BUF_CODES_T, BUF_SCALES,
+       BUF_SCALES_T, BUF_BLOCKS, BUF_EXPERT_BLOCKS, BUF_F32, N_BUFS };
 
 struct nx_fused_scratch {
     void *buf[N_BUFS];
@@ -432,6 +433,33 @@ static int not_finite(struct nx_source *src, const nx_fused *f, int64_t p, nx_er
                       f->mxfp4 ? ": an E8M0 scale byte of 254 or 255" : "");
 }
 
+/* An MXFP4 piece, packed [out][P/2] with scale bytes [out][P/32], decoded into [out][P] BF16
+ * by the MXFP4 decoder (decode.h). */
+static int decode_piece(const nx_fused *f, int64_t pw, const uint8_t *packed,
+                        const uint8_t *scales, void *tile, nx_fused_scratch **s, nx_err *e)
+{
+    int64_t ns = f->out * (pw / NX_MXFP4_BLOCK);
+    float *sf = buffer(s, BUF_SCALES_F32, (size_t)ns * sizeof *sf, e);
+    if (sf == NULL)
+        return e->code;
+    nx_dec_weight w = { f->name, NX_CODEC_MXFP4, NX_DT_U8, f->out, pw, f->scales, NX_DT_U8,
+                        { 1, NX_MXFP4_BLOCK } };
+    nx_dec_rows r = { &w, 0, f->out, packed, sf };
+    NX_ERROR_IF(nx_dec_widen_scales(&w, scales, ns, sf) != 0 ||
+                nx_decoder_mxfp4.rows(&r, NULL, tile) != 0, e, NX_EIO, "internal: %s is not "
+                "decodable as MXFP4", f->name);
+    return NX_OK;
+}
+
+/* No BF16 Inf or NaN among n values. */
+static int bf16_finite(const uint16_t *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if ((v[i] & 0x7F80) == 0x7F80)
+            return 0;
+    return 1;
+}
+
 /* The piece as [out][P] elements of *dt (the kernel's rows), in BUF_TILE. MXFP4 keeps its
  * packed bytes and scales for the cast. */
 static int load_tile(const nx_fused_job *j, void **tile, nx_dtype *dt, uint8_t **packed,
@@ -452,11 +480,8 @@ static int load_tile(const nx_fused_job *j, void **tile, nx_dtype *dt, uint8_t *
         return NX_OK;
     }
     NX_TRY(read_mxfp4(j->src, f, j->piece, packed, scales, s, e));
-    int bad = 0;
-    for (int64_t o = 0; o < f->out; o++)
-        bad |= nx_mxfp4_decode_row(*packed + o * (pw / 2), *scales + o * (pw / NX_MXFP4_BLOCK),
-                                   pw, (uint16_t *)*tile + o * pw, 1);
-    return bad ? not_finite(j->src, f, j->piece, e) : NX_OK;
+    NX_TRY(decode_piece(f, pw, *packed, *scales, *tile, s, e));
+    return bf16_finite(*tile, pw * f->out) ? NX_OK : not_finite(j->src, f, j->piece, e);
 }
 
 /* ---- Static per-block amax ---------------------------------------------------------------- */
@@ -674,11 +699,6 @@ void nx_fused_qstats_reduce(nx_qstats *st, int64_t n, MPI_Comm comm)
 
 /* ---- The exporter's catalog --------------------------------------------------------------- */
 
-static int cmp_tensor_name(const void *a, const void *b)
-{
-    return nx_natural_cmp(((const nx_tensor *)a)->name, ((const nx_tensor *)b)->name);
-}
-
 static int append_views(nx_catalog *c, const nx_fused_layout *l, nx_err *e)
 {
     nx_tensor *grown = realloc(c->t, (size_t)(c->n + l->n_views + 1) * sizeof *grown);
@@ -699,7 +719,7 @@ static int append_views(nx_catalog *c, const nx_fused_layout *l, nx_err *e)
     return NX_OK;
 }
 
-/* Sorts the catalog again and rebuilds its name map; the fused table follows by name. */
+/* Sorts the catalog again (catalog.h); the fused table follows by name. */
 static int resort(nx_catalog *c, nx_fused_layout *l, nx_err *e)
 {
     char **names = calloc((size_t)(2 * l->n_fused) + 1, sizeof *names);
@@ -708,13 +728,7 @@ static int resort(nx_catalog *c, nx_fused_layout *l, nx_err *e)
         names[2 * i] = c->t[l->fused[i].tensor].name;
         names[2 * i + 1] = l->fused[i].scales >= 0 ? c->t[l->fused[i].scales].name : NULL;
     }
-    qsort(c->t, (size_t)c->n, sizeof *c->t, cmp_tensor_name);
-    nx_strmap_free(&c->by_name);
-    int rc = nx_strmap_init(&c->by_name, (size_t)c->n + 1) ? nx_err_set(e, NX_EIO, "out of "
-                                                                        "memory") : NX_OK;
-    for (int64_t i = 0; rc == NX_OK && i < c->n; i++)
-        if (nx_strmap_put(&c->by_name, c->t[i].name, i) != 0)
-            rc = nx_err_set(e, NX_EINPUT, "%s: tensor %s appears twice", c->dir, c->t[i].name);
+    int rc = nx_catalog_resort(c, e);
     for (int64_t i = 0; rc == NX_OK && i < l->n_fused; i++) {
         l->fused[i].tensor = nx_strmap_get(&c->by_name, names[2 * i]);
         l->fused[i].scales = names[2 * i + 1] ? nx_strmap_get(&c->by_name, names[2 * i + 1]) : -1;

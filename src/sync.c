@@ -200,6 +200,7 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
             rc = sc.w && sc.raw ? weight_absmax(src, q->tensor, &sc, &v, e)
                                 : nx_err_set(e, NX_EIO, "out of memory for the amax pass");
         }
+        a->w_own[i] = v;
         if (v > group[q->group])
             group[q->group] = v;
     }
@@ -285,13 +286,14 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     memset(a, 0, sizeof *a);
     size_t n = (size_t)k->n_q + 1;
     a->w = malloc(n * sizeof *a->w);
+    a->w_own = calloc(n, sizeof *a->w_own);
     a->in = calloc(n, sizeof *a->in);
     a->w_from_weight = calloc(n, 1);
     a->in_from_layer = calloc(n, 1);
     a->cast_kmax = malloc(n * sizeof *a->cast_kmax);
     float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
-    int rc = a->w && a->in && a->w_from_weight && a->in_from_layer && a->cast_kmax && group
-                 ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    int rc = a->w && a->w_own && a->in && a->w_from_weight && a->in_from_layer &&
+             a->cast_kmax && group ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
     for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
@@ -301,6 +303,8 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     rc = nx_agree(rc, e, comm);
     if (rc == NX_OK) {
         MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);
+        /* computed ones are known to their owner only (0 elsewhere, below any amax) */
+        MPI_Allreduce(MPI_IN_PLACE, a->w_own, (int)k->n_q, MPI_FLOAT, MPI_MAX, comm);
         for (int64_t i = 0; i < k->n_q; i++)
             a->w[i] = group[k->q[i].group];
     }
@@ -319,6 +323,7 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
 void nx_amax_free(nx_amax *a)
 {
     free(a->w);
+    free(a->w_own);
     free(a->in);
     free(a->w_from_weight);
     free(a->in_from_layer);

@@ -532,19 +532,16 @@ static int read_float_expert(vctx *v, const fused_proj *f, int64_t si, int64_t x
     return NX_OK;
 }
 
-static int read_mxfp4_expert(vctx *v, const fused_proj *f, int64_t blk, int64_t sc, int64_t x,
+/* Expert x of an MXFP4 source (blocks blk), decoded as the exporter decodes it: the MXFP4
+ * decoder (decode.h) on its rows [x*out, (x+1)*out). */
+static int read_mxfp4_expert(vctx *v, const fused_proj *f, int64_t blk, int64_t x,
                              expert_bufs *b, nx_err *e)
 {
-    int64_t n = f->in * f->out, nb = n / NX_MXFP4_BLOCK;
-    uint8_t *scales = b->raw + n / 2;
-    NX_TRY(nx_verify_tensor_read(&v->src, blk, (uint64_t)(x * n / 2), b->raw, (size_t)(n / 2),
-                                 e));
-    NX_TRY(nx_verify_tensor_read(&v->src, sc, (uint64_t)(x * nb), scales, (size_t)nb, e));
-    for (int64_t o = 0; o < f->out; o++)
-        nx_mxfp4_decode_row(b->raw + o * (f->in / 2), scales + o * (f->in / NX_MXFP4_BLOCK),
-                            f->in, b->bf + o * f->in, 1);
-    nx_widen_f32(b->bf, NX_DT_BF16, n, b->w);
-    return NX_OK;
+    nx_dec_weight w = nx_verify_src_weight(v, blk);
+    NX_ERROR_IF(w.codec != NX_CODEC_MXFP4 || w.cols != f->in, e, NX_EIO, "internal: %s is not "
+                "an MXFP4 source of %lld columns", w.name, (long long)f->in);
+    return nx_decode_rows(nx_verify_read_cb, &v->src, blk, &w, x * f->out, f->out, b->raw,
+                          b->w, b->bf, e);
 }
 
 /* The stored codes [in/2][out] and scales [in/16][out] of expert x, as rows of out. */
@@ -596,7 +593,7 @@ static int expert_check(vctx *v, const fused_proj *f, const int64_t src[3], int6
     if (src[0] >= 0)
         NX_TRY(read_float_expert(v, f, src[0], x, b, e));
     else
-        NX_TRY(read_mxfp4_expert(v, f, src[1], src[2], x, b, e));
+        NX_TRY(read_mxfp4_expert(v, f, src[1], x, b, e));
     NX_TRY(read_stored(v, f, x, b, e));
     int64_t first = -1;
     int gate_up = strstr(f->name + strlen(f->name) - 12, "gate_up_proj") != NULL;
@@ -672,7 +669,7 @@ static int decoded_check(vctx *v, const fused_proj *f, int64_t blk, int64_t sc, 
     int rc = x.w && x.raw && x.bf && got ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     int64_t diff = -1;
     for (int64_t k = 0; rc == NX_OK && diff < 0 && k < n_exp; k++) {
-        rc = read_mxfp4_expert(v, &g, blk, sc, k, &x, e);
+        rc = read_mxfp4_expert(v, &g, blk, k, &x, e);
         if (rc == NX_OK)
             rc = nx_verify_tensor_read(&v->c, f->t[FP_CODES], (uint64_t)(k * in * out) * 2, got,
                                        (size_t)(in * out) * 2, e);

@@ -118,7 +118,7 @@ typedef struct xlist {
 
 enum { PH_LOAD, PH_CONFIGS, PH_INDEX, PH_MODULES, PH_FUSED_EXPERTS, PH_TENSORS, PH_FUSED,
        PH_FUSED_PAIRS, PH_EXPERTS, PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT,
-       PH_SRC_FUSED, PH_SRC_MISSING };
+       PH_SRC_FUSED, PH_SRC_MISSING, PH_SRC_SWEEP };
 
 typedef struct violation {
     int64_t phase, item, seq; /* item: module or tensor index in split phases, else 0 */
@@ -154,6 +154,7 @@ typedef struct vctx {
     violation *found;
     int64_t n_found, cap_found;
     int found_failed; /* out of memory recording a violation */
+    float *own;       /* with o->sweep: per module, max |W| of its source weight */
     nx_report_entry *entries; /* statistics of the modules this rank checked (--model) */
     int64_t n_entries, cap_entries;
     fused_proj *fp;   /* fused-expert projections of the checkpoint (src/verify_fused.c) */
@@ -204,6 +205,9 @@ void nx_violation(vctx *v, const char *rule, const char *name, const char *fmt, 
 int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_t len,
                           nx_err *e);
 
+/* The same as a decode.h reader; ctx is the catalog. */
+int nx_verify_read_cb(void *ctx, int64_t ti, uint64_t off, void *buf, size_t len, nx_err *e);
+
 /* "BF16 [4, 32]". */
 void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len);
 
@@ -219,6 +223,9 @@ int nx_verify_check_index(vctx *v, nx_err *e);     /* I1 */
 int nx_verify_check_module(vctx *v, module *m, nx_err *e);
 int nx_verify_check_tensors(vctx *v, nx_err *e);   /* T1 T4 of every tensor, T3 of KV scales */
 int nx_verify_check_fused(vctx *v, nx_err *e);     /* T5 */
+/* The members (module indices) of the fused group of module name (q/k/v, gate/up, w1/w3, MLA
+ * q_a_proj or q_proj with kv_a_proj_with_mqa); 0 if it has none. */
+int nx_verify_fused_group(const vctx *v, const char *name, int64_t members[3]);
 int nx_verify_check_experts(vctx *v, nx_err *e);   /* M1 M2 M3 */
 int nx_verify_check_exclusion(vctx *v, nx_err *e); /* M4 E1 E2 */
 int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
@@ -228,6 +235,9 @@ int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
 /* The source's encoding (encoding.h) from its config.json (NULL when it has none): FP8
  * weights with their scales. NX_EINPUT for a source the exporter refuses too. */
 int nx_verify_source_link(vctx *v, const cJSON *config, nx_err *e);
+/* Source tensor si as the decoders see it (decode.h): an encoded weight with its linear's
+ * shape (MXFP4 blocks: [E * out, in]). */
+nx_dec_weight nx_verify_src_weight(const vctx *v, int64_t si);
 /* Bytes read to compare checkpoint tensor ti with its source copy (0: nothing to read). */
 uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti);
 /* T2: tensor ti, unless made by quantization, is the source tensor byte for byte (an FP8
@@ -237,6 +247,9 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
 int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);
 /* T2: every source tensor is in the checkpoint. */
 int nx_verify_source_missing(vctx *v, nx_err *e);
+/* MSE (o->sweep): the block scales of quantized module k, on a sample of blocks (o->full:
+ * all), are those ModelOpt's MSE sweep chooses. v->own must hold every module's max |W|. */
+int nx_verify_source_sweep(vctx *v, int64_t k, nx_err *e);
 
 /* ---- src/verify_fused.c: fused-expert projections (F rules) ------------------------------- */
 

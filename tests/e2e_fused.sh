@@ -6,7 +6,8 @@
 # (NVFP4X_TEST_FUSED_PIECE_ELEMS) and without; verify --model is clean (also on 2 ranks);
 # --cast-mxfp4 writes the MXFP4 nibbles and weight_scale_2 = 2^m exactly on an in-range layer
 # and ModelOpt's fallback on a layer with blocks out of range; an MXFP4 expert left unquantized
-# is its BF16 decode; an interrupted export of pieces resumes byte-identical.
+# is its BF16 decode; --weight-calib mse sweeps Qwen3.5's split experts and refuses fused BMM
+# experts (and --cast-mxfp4); an interrupted export of pieces resumes byte-identical.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir fused)
 SMALL=(--max-shard-size 150KB --threads 1)
@@ -173,6 +174,22 @@ check "gptoss in range: equals reference" ref_equal gptoss-in "$W/gptoss-in-cast
 # ---- Qwen3.5-MoE (per-expert export of fused experts) ---------------------------------------
 gen_fused qwen35
 family_suite qwen35 qwen35
+
+# ---- --weight-calib mse: split experts are swept like any linear, fused BMM experts refused --
+check "qwen35 --weight-calib mse export" nx 2 export --quiet --model "$W/qwen35" \
+    --calib "$W/qwen35.h5" --weight-calib mse --output "$W/qwen35-mse"
+check "qwen35 --weight-calib mse verify --full clean" nx 1 verify "$W/qwen35-mse" \
+    --model "$W/qwen35" --weight-calib mse --full
+check "gptoss --weight-calib mse refused, naming the fused projection" refused 2 "$W/gptoss" \
+    "$W/gptoss.h5" "model.layers.0.mlp.experts.down_proj is a fused-expert projection" \
+    "$W/gptoss-mse" --weight-calib mse
+check "--cast-mxfp4 with --weight-calib mse refused" refused 1 "$W/gptoss" "$W/gptoss.h5" \
+    "--cast-mxfp4 and --weight-calib mse" "$W/gptoss-mse" --weight-calib mse --cast-mxfp4
+check "gptoss --weight-calib mse with its experts excluded" nx 2 export --quiet \
+    --model "$W/gptoss" --calib "$W/gptoss.h5" --weight-calib mse --exclude '*mlp.experts*' \
+    --output "$W/gptoss-mse-excl"
+check "gptoss --weight-calib mse, experts excluded: verify --full clean" nx 1 verify \
+    "$W/gptoss-mse-excl" --model "$W/gptoss" --weight-calib mse --full
 
 # ---- An interrupted export of pieces resumes byte-identical ---------------------------------
 rc=0

@@ -300,14 +300,17 @@ def _scalar(rng, value, allow_f64=True):
     return np.full(shape, value, dtype=dtype)
 
 
-def calibration(rng, m, static_attention, nlayers):
-    """{dataset path: array}. See DESIGN.md for the schema."""
+def calibration(rng, m, static_attention, nlayers, quantized_pred=None):
+    """{dataset path: array}. See DESIGN.md for the schema. quantized_pred(module, cols,
+    nlayers) says which modules a calibration run would have statistics for (default:
+    default_quantized)."""
     data = {}
+    pred = quantized_pred or default_quantized
 
     def put(module, quantizer, buf, arr):
         data["%s/%s/%s" % (module.replace(".", "/"), quantizer, buf)] = arr
 
-    quantized = [(mod, r, c) for mod, r, c in m.linears if default_quantized(mod, c, nlayers)]
+    quantized = [(mod, r, c) for mod, r, c in m.linears if pred(mod, c, nlayers)]
     moe_layers = sorted({_routed_expert(mod)[0] for mod, _, _ in quantized if _routed_expert(mod)})
     silent = {layer: int(rng.integers(4)) for layer in moe_layers}  # experts that saw no tokens
     static_layer = moe_layers[-1]

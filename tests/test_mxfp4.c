@@ -1,13 +1,15 @@
-/* MXFP4 (src/mxfp4.c): decoding as transformers does it, and ModelOpt's closed-form cast
- * (numeric_utils.py): the global amax and per-block amax it pins, ModelOpt's own test values
- * (all scale bytes 127: global amax 10.5, block amax 6.0), and the property the cast exists
- * for: NVFP4 codes equal to the MXFP4 nibbles (-0 as +0) and weight_scale_2 = 2^m exactly, in
- * both numerics modes, through the library's static NVFP4 kernel. */
+/* MXFP4 (src/decode_mxfp4.c): decoding as transformers does it, through the MXFP4 decoder of
+ * decode.h, and ModelOpt's closed-form cast (numeric_utils.py): the global amax and per-block
+ * amax it pins, ModelOpt's own test values (all scale bytes 127: global amax 10.5, block amax
+ * 6.0), and the property the cast exists for: NVFP4 codes equal to the MXFP4 nibbles (-0 as
+ * +0) and weight_scale_2 = 2^m exactly, in both numerics modes, through the library's static
+ * NVFP4 kernel. */
 #include "nvfp4x/mxfp4.h"
 
 #include <math.h>
 #include <string.h>
 
+#include "nvfp4x/decode.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/util.h"
 #include "nx_test.h"
@@ -18,6 +20,25 @@ static uint32_t next(void)
 {
     rng = rng * 1664525u + 1013904223u;
     return rng >> 8;
+}
+
+/* nrows rows of cols values (at most 4096 blocks) through the MXFP4 decoder, its E8M0 hook
+ * widening the scale bytes. */
+static int decode_rows(const uint8_t *packed, const uint8_t *scales, int64_t nrows,
+                       int64_t cols, uint16_t *out)
+{
+    float sf[4096];
+    nx_dec_weight w = { "x_blocks", NX_CODEC_MXFP4, NX_DT_U8, nrows, cols, 1, NX_DT_U8,
+                        { 1, NX_MXFP4_BLOCK } };
+    nx_dec_rows r = { &w, 0, nrows, packed, sf };
+    if (nx_dec_widen_scales(&w, scales, nrows * cols / NX_MXFP4_BLOCK, sf) != 0)
+        return -1;
+    return nx_decoder_mxfp4.rows(&r, NULL, out);
+}
+
+static int bf16_finite(uint16_t b)
+{
+    return (b & 0x7F80) != 0x7F80;
 }
 
 static void test_decode(void)
@@ -31,16 +52,18 @@ static void test_decode(void)
     CHECK(nx_mxfp4_decode_bf16(0x8, 127) == 0x8000);                 /* -0 stays -0 */
     CHECK(nx_bf16_to_f32(nx_mxfp4_decode_bf16(1, 0)) == ldexpf(1, -128)); /* subnormal, exact */
     CHECK(isinf(nx_e8m0_value(255)) && nx_e8m0_value(0) == ldexpf(1, -127));
-    /* low nibble = even element, one scale per 32, written with a stride (a transpose) */
+    /* low nibble = even element, one scale per 32 */
     uint8_t packed[32], scales[2] = { 127, 129 };
-    uint16_t out[128];
+    uint16_t out[64];
     for (int j = 0; j < 32; j++)
         packed[j] = (uint8_t)(0x21 + (j & 1));
-    CHECK(nx_mxfp4_decode_row(packed, scales, 64, out, 2) == 0);
-    CHECK(nx_bf16_to_f32(out[0]) == 0.5f && nx_bf16_to_f32(out[2]) == 1.0f);
-    CHECK(nx_bf16_to_f32(out[2 * 33]) == 4.0f && nx_bf16_to_f32(out[2 * 32]) == 2.0f);
-    scales[1] = 255;
-    CHECK(nx_mxfp4_decode_row(packed, scales, 64, out, 1) == -1);
+    CHECK(decode_rows(packed, scales, 1, 64, out) == 0);
+    CHECK(nx_bf16_to_f32(out[0]) == 0.5f && nx_bf16_to_f32(out[1]) == 1.0f);
+    CHECK(nx_bf16_to_f32(out[33]) == 4.0f && nx_bf16_to_f32(out[32]) == 2.0f);
+    CHECK(nx_dec_row_bytes(&(nx_dec_weight){ .codec = NX_CODEC_MXFP4, .cols = 64 }) == 32);
+    scales[1] = 255; /* 2^128: decoded as Inf/NaN, for the reader to refuse */
+    CHECK(decode_rows(packed, scales, 1, 64, out) == 0);
+    CHECK(bf16_finite(out[31]) && !bf16_finite(out[32]) && !bf16_finite(out[63]));
     CHECK(isnan(nx_mxfp4_absmax(packed, scales, 2)));
     scales[1] = 120;
     CHECK(nx_mxfp4_absmax(packed, scales, 2) == 1.0f); /* max nibble 2 (1.0) at 2^0 */
@@ -86,9 +109,7 @@ static void lossless_once(nx_numerics m, int top)
     nx_mxfp4_cast c;
     nx_mxfp4_cast_from_hist(hist, &c);
     CHECK(c.lossless == c.blocks);
-    for (int r = 0; r < ROWS; r++)
-        CHECK(nx_mxfp4_decode_row(packed + r * COLS / 2, scales + r * NB, COLS, bf + r * COLS,
-                                  1) == 0);
+    CHECK(decode_rows(packed, scales, ROWS, COLS, bf) == 0);
     nx_widen_f32(bf, NX_DT_BF16, ROWS * COLS, w);
     for (int b = 0; b < ROWS * NB; b++)
         blocks[2 * b] = blocks[2 * b + 1] =

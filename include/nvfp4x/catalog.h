@@ -5,6 +5,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "nvfp4x/decode.h"
 #include "nvfp4x/error.h"
 #include "nvfp4x/fused.h"
 #include "nvfp4x/safetensors.h"
@@ -18,9 +19,11 @@ typedef struct nx_tensor {
     int32_t file;    /* index into nx_catalog.files */
     uint64_t offset; /* absolute byte offset in that file */
     uint64_t nbytes;
-    int64_t scale;     /* an encoded (FP8) weight: the tensor of its scales, else -1 */
+    int64_t scale;     /* an encoded (FP8, INT4) weight: the tensor of its scales, else -1 */
     int64_t tile[2];   /* and the rows x columns one scale covers (encoding.h) */
-    uint8_t consumed;  /* a source scale: read with its weight or dropped, never written */
+    uint8_t codec;     /* nx_codec: how its rows are decoded (decode.h) */
+    uint8_t consumed;  /* a source scale or weight_shape: read with its weight or dropped,
+                        * never written; a fused tensor exported as per-expert views */
     uint8_t view;      /* fused experts (fused.h): NX_VIEW_OF_FUSED or NX_VIEW_PARENT */
     int32_t fused;     /* a fused-expert projection: 1 + its index in nx_catalog.fused; 0 none */
 } nx_tensor;
@@ -32,14 +35,16 @@ typedef struct nx_catalog {
     int32_t n_files;
     char **files;          /* shard file names, relative to dir */
     int64_t n;
-    nx_tensor *t;          /* sorted in natural name order (layer 2 before layer 10) */
+    nx_tensor *t;          /* sorted in natural name order (layer 2 before layer 10). An INT4
+                            * X.weight_packed appears as X.weight with the linear's shape
+                            * [out, in], its stored dtype (I32) and bytes */
     nx_strmap by_name;     /* name -> index into t */
     char *config_text;     /* config.json as read */
     char model_type[64];
     int64_t num_hidden_layers;
     int64_t num_experts;   /* routed experts per MoE layer, 0 for a dense model */
     char encoding[192];    /* how the source stores its linears (encoding.h), for messages */
-    int64_t n_encoded;     /* weights stored encoded (FP8), decoded to BF16 on read */
+    int64_t n_encoded;     /* weights stored encoded (FP8, INT4), decoded to BF16 on read */
     uint64_t total_bytes;  /* sum of tensor bytes */
     int64_t n_fused;
     nx_fused *fused;       /* fused-expert projections exported fused (fused.h) */
@@ -51,11 +56,15 @@ static inline const nx_fused *nx_catalog_fused(const nx_catalog *c, int64_t i)
     return i >= 0 && c->t[i].fused > 0 ? &c->fused[c->t[i].fused - 1] : NULL;
 }
 
-/* Fused experts (fused.h) on a loaded catalog: per-expert views of [E, out, in] tensors are
- * added (and the catalog re-sorted), BMM projections recorded. Before the encoding is linked. */
+/* Fused experts (fused.h) on a loaded catalog whose encoding is linked: per-expert views of
+ * [E, out, in] tensors are added (and the catalog re-sorted), BMM projections recorded. */
 int nx_catalog_fused_views(nx_catalog *c, nx_err *e);
-/* After it: fused parents are not written; an MXFP4 _blocks outside fused experts is refused. */
+/* After them: fused parents are not written; an MXFP4 _blocks outside fused experts is
+ * refused. */
 int nx_catalog_fused_finish(nx_catalog *c, nx_err *e);
+/* Natural name order again after tensors were renamed (INT4 weights take their linears' names)
+ * or added (fused views); scale indices follow the move, the name map is rebuilt. */
+int nx_catalog_resort(nx_catalog *c, nx_err *e);
 
 /* Rank-local: reads dir/config.json, dir/model.safetensors.index.json (or the single
  * dir/model.safetensors) and every shard header. Every tensor must be in exactly one shard
@@ -66,7 +75,7 @@ int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err 
 void nx_catalog_free(nx_catalog *c);
 /* Index of the tensor, or -1. */
 int64_t nx_catalog_find(const nx_catalog *c, const char *name);
-/* Bytes the tensor takes once decoded for output: BF16 for an FP8 weight. */
+/* Bytes the tensor takes once decoded for output: BF16 for an encoded weight. */
 uint64_t nx_tensor_out_bytes(const nx_tensor *t);
 /* Elements of a tensor. */
 int64_t nx_tensor_elems(const nx_tensor *t);
@@ -88,11 +97,14 @@ void nx_source_drop(nx_source *s, int64_t tensor);
 void nx_source_prefetch(nx_source *s, int64_t tensor);
 /* len bytes of the tensor's data starting at byte off within the tensor. */
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
-/* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an FP8
- * weight decoded as fl32(fp8 * scale) rounded to BF16 (what a user's FP8-to-BF16 conversion
- * gives); raw is scratch of nrows*cols*dtype-size bytes. */
+/* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an encoded
+ * weight decoded as its decoder says (decode.h: fl32(fp8 * scale) or fl32(q * scale) rounded
+ * to BF16, what a user's conversion to BF16 gives); raw is scratch of at least
+ * nrows*cols*dtype-size bytes. */
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e);
+/* The decoder's view of a 2-D catalog tensor (decode.h). */
+nx_dec_weight nx_source_weight(const nx_catalog *c, int64_t tensor);
 /* The path of a tensor's file, for messages (static buffer per call). */
 const char *nx_source_path(const nx_source *s, int64_t tensor);
 void nx_source_close(nx_source *s);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "nvfp4x/classify.h"
+#include "nvfp4x/mse.h"
 #include "nvfp4x/plan.h"
 #include "nvfp4x/quantize.h"
 
@@ -15,6 +16,7 @@ typedef enum nx_kv_mode { NX_KV_AUTO, NX_KV_FP8, NX_KV_NONE } nx_kv_mode;
 typedef struct nx_export_opts {
     const char *model, *output, *calib;
     nx_numerics numerics;
+    nx_weight_calib weight_calib; /* max (default) or mse: the sweep gives every block scale */
     nx_classify_opts classify;
     int weight_only;
     int cast_mxfp4;  /* --cast-mxfp4: ModelOpt's closed-form cast of MXFP4 experts (mxfp4.h) */

@@ -1,8 +1,8 @@
 /* MXFP4 (OCP microscaling FP4, the gpt-oss release): blocks of 32 E2M1 values along a row, two
  * per byte (element 2j in the low nibble, 2j+1 in the high one), and one E8M0 scale byte per
- * block (value 2^(byte - 127)). Self-contained: decoding exactly as transformers'
- * convert_moe_packed_tensors does it, and ModelOpt's closed-form cast to NVFP4
- * (numeric_utils.py, FAMILIES.md 1.2 and 1.4). */
+ * block (value 2^(byte - 127)). Decoding exactly as transformers' convert_moe_packed_tensors
+ * does it (the MXFP4 decoder of decode.h, nx_decoder_mxfp4), and ModelOpt's closed-form cast to
+ * NVFP4 (numeric_utils.py, FAMILIES.md 1.2 and 1.4). Implemented in src/decode_mxfp4.c. */
 #ifndef NVFP4X_MXFP4_H
 #define NVFP4X_MXFP4_H
 
@@ -19,12 +19,6 @@ float nx_e8m0_value(uint8_t byte);
 /* fl32(E2M1(code) * 2^(byte - 127)) rounded to BF16 (RNE): the decoded element. The product
  * is exact whenever it is finite; -0 stays -0 (0x8000). */
 uint16_t nx_mxfp4_decode_bf16(uint8_t code, uint8_t scale);
-
-/* cols elements of one row (cols % 32 == 0) from cols/2 packed bytes and cols/32 scale bytes,
- * as BF16 bits at dst[j * stride] (stride 1: contiguous; larger: a column of a transpose).
- * Returns 0, or -1 when an element is not finite (a scale byte of 254 or 255 can give that). */
-int nx_mxfp4_decode_row(const uint8_t *packed, const uint8_t *scales, int64_t cols,
-                        uint16_t *dst, int64_t stride);
 
 /* max |element| of the nblocks blocks (packed: 16 bytes each, scales one byte each):
  * E2M1 magnitude of the largest nibble times 2^k, in float32; +inf or NaN when an element is

@@ -14,6 +14,7 @@
 
 typedef struct nx_amax {
     float *w;                /* per quantized module: resolved weight amax (group max) */
+    float *w_own;            /* its own weight amax, before the group max (every rank) */
     float *in;               /* resolved input amax; unused with weight-only */
     uint8_t *w_from_weight;  /* fallback used: amax computed from the weight */
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */

@@ -1,8 +1,11 @@
-/* MXFP4 decoding and ModelOpt's closed-form cast to NVFP4 (include/nvfp4x/mxfp4.h). */
+/* Decoder for MXFP4 sources (decode.h: gpt-oss's fused experts, E2M1 codes times one E8M0
+ * scale per 32 values, exact in BF16), and ModelOpt's closed-form cast to NVFP4
+ * (include/nvfp4x/mxfp4.h). */
 #include "nvfp4x/mxfp4.h"
 
 #include <math.h>
 
+#include "nvfp4x/decode.h"
 #include "nvfp4x/util.h"
 
 /* E2M1 magnitudes by the low three bits of a nibble; bit 3 is the sign. */
@@ -14,30 +17,67 @@ float nx_e8m0_value(uint8_t byte)
 }
 
 /* transformers: lut[code] (BF16) * 2.0 ** k (float32), stored back into BF16. */
-uint16_t nx_mxfp4_decode_bf16(uint8_t code, uint8_t scale)
+static uint16_t element(uint8_t code, float scale)
 {
-    float v = k_e2m1[code & 7] * nx_e8m0_value(scale);
+    float v = k_e2m1[code & 7] * scale;
     return nx_f32_to_bf16((code & 8) ? -v : v);
 }
 
-int nx_mxfp4_decode_row(const uint8_t *packed, const uint8_t *scales, int64_t cols,
-                        uint16_t *dst, int64_t stride)
+uint16_t nx_mxfp4_decode_bf16(uint8_t code, uint8_t scale)
 {
-    int bad = 0;
-    for (int64_t b = 0; b < cols / NX_MXFP4_BLOCK; b++) {
-        float s = nx_e8m0_value(scales[b]);
-        const uint8_t *p = packed + b * NX_MXFP4_BLOCK_BYTES;
-        uint16_t *d = dst + b * NX_MXFP4_BLOCK * stride;
-        for (int j = 0; j < NX_MXFP4_BLOCK_BYTES; j++) {
-            uint8_t lo = p[j] & 0xF, hi = p[j] >> 4;
-            float a = k_e2m1[lo & 7] * s, c = k_e2m1[hi & 7] * s;
-            d[(2 * j) * stride] = nx_f32_to_bf16((lo & 8) ? -a : a);
-            d[(2 * j + 1) * stride] = nx_f32_to_bf16((hi & 8) ? -c : c);
-            bad |= !isfinite(a) || !isfinite(c);
-        }
-    }
-    return bad ? -1 : 0;
+    return element(code, nx_e8m0_value(scale));
 }
+
+/* ---- The decoder (decode.h) ---------------------------------------------------------------- */
+
+static uint64_t mxfp4_row_bytes(const nx_dec_weight *w)
+{
+    return (uint64_t)w->cols / 2;
+}
+
+static void put(uint16_t b, int64_t at, float *dst32, uint16_t *dst16)
+{
+    if (dst32)
+        dst32[at] = nx_bf16_to_f32(b);
+    if (dst16)
+        dst16[at] = b;
+}
+
+/* Scales widened by the E8M0 hook: one per 32 columns of a row (tile 1 x 32). An element that
+ * is not finite (a scale byte of 254 or 255) is decoded as Inf or NaN, for the caller to
+ * refuse. */
+static int mxfp4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
+{
+    const nx_dec_weight *w = r->w;
+    const uint8_t *packed = r->data;
+    int64_t cols = w->cols, nb = cols / NX_MXFP4_BLOCK;
+    if (w->dtype != NX_DT_U8 || cols % NX_MXFP4_BLOCK != 0)
+        return -1;
+    for (int64_t i = 0; i < r->nrows; i++)
+        for (int64_t k = 0; k < cols / 2; k++) {
+            float s = r->scale[i * nb + 2 * k / NX_MXFP4_BLOCK];
+            uint8_t byte = packed[i * (cols / 2) + k];
+            put(element(byte & 0xF, s), i * cols + 2 * k, dst32, dst16);
+            put(element(byte >> 4, s), i * cols + 2 * k + 1, dst32, dst16);
+        }
+    return 0;
+}
+
+/* E8M0 scale bytes (stored U8): 2^(byte - 127). */
+static int e8m0_scales(const void *raw, nx_dtype dt, int64_t n, float *dst)
+{
+    const uint8_t *b = raw;
+    if (dt != NX_DT_U8)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = nx_e8m0_value(b[i]);
+    return 0;
+}
+
+const nx_decoder nx_decoder_mxfp4 = { "MXFP4 with E8M0 scales", mxfp4_row_bytes, mxfp4_rows,
+                                      e8m0_scales };
+
+/* ---- Statistics and the cast ---------------------------------------------------------------- */
 
 /* Largest magnitude index (low three bits) of the 32 nibbles of a block. */
 static int block_max_index(const uint8_t *p)

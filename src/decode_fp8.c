@@ -21,13 +21,9 @@ static int fp8_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
         return -1;
     for (int64_t i = 0; i < r->nrows; i++) {
         const float *srow = r->scale + ((r->row0 + i) / w->tile[0] - first) * scols;
-        for (int64_t j = 0; j < cols; j++) {
-            uint16_t b = nx_f32_to_bf16(nx_e4m3_decode(q[i * cols + j]) * srow[j / w->tile[1]]);
-            if (dst32)
-                dst32[i * cols + j] = nx_bf16_to_f32(b);
-            if (dst16)
-                dst16[i * cols + j] = b;
-        }
+        for (int64_t j = 0; j < cols; j++)
+            nx_dec_put(nx_e4m3_decode(q[i * cols + j]) * srow[j / w->tile[1]], i * cols + j,
+                       dst32, dst16);
     }
     return 0;
 }

@@ -13,15 +13,6 @@ static uint64_t int4_row_bytes(const nx_dec_weight *w)
     return (uint64_t)w->cols / 2;
 }
 
-static void int4_put(float q, float scale, int64_t at, float *dst32, uint16_t *dst16)
-{
-    uint16_t b = nx_f32_to_bf16(q * scale);
-    if (dst32)
-        dst32[at] = nx_bf16_to_f32(b);
-    if (dst16)
-        dst16[at] = b;
-}
-
 static int int4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
 {
     const nx_dec_weight *w = r->w;
@@ -34,8 +25,8 @@ static int int4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
         const float *srow = r->scale + i * scols; /* tile[0] is 1: a scale row per row */
         for (int64_t k = 0; k < cols / 2; k++) {
             int64_t j = 2 * k, at = i * cols + j;
-            int4_put((float)((row[k] & 0xF) - 8), srow[j / group], at, dst32, dst16);
-            int4_put((float)((row[k] >> 4) - 8), srow[(j + 1) / group], at + 1, dst32, dst16);
+            nx_dec_put((float)((row[k] & 0xF) - 8) * srow[j / group], at, dst32, dst16);
+            nx_dec_put((float)((row[k] >> 4) - 8) * srow[(j + 1) / group], at + 1, dst32, dst16);
         }
     }
     return 0;

@@ -16,16 +16,16 @@ float nx_e8m0_value(uint8_t byte)
     return ldexpf(1.0f, (int)byte - NX_E8M0_BIAS);
 }
 
-/* transformers: lut[code] (BF16) * 2.0 ** k (float32), stored back into BF16. */
-static uint16_t element(uint8_t code, float scale)
+/* transformers: lut[code] (BF16) * 2.0 ** k (float32), stored back into BF16 (nx_dec_put). */
+static float element(uint8_t code, float scale)
 {
     float v = k_e2m1[code & 7] * scale;
-    return nx_f32_to_bf16((code & 8) ? -v : v);
+    return (code & 8) ? -v : v;
 }
 
 uint16_t nx_mxfp4_decode_bf16(uint8_t code, uint8_t scale)
 {
-    return element(code, nx_e8m0_value(scale));
+    return nx_f32_to_bf16(element(code, nx_e8m0_value(scale)));
 }
 
 /* ---- The decoder (decode.h) ---------------------------------------------------------------- */
@@ -33,14 +33,6 @@ uint16_t nx_mxfp4_decode_bf16(uint8_t code, uint8_t scale)
 static uint64_t mxfp4_row_bytes(const nx_dec_weight *w)
 {
     return (uint64_t)w->cols / 2;
-}
-
-static void put(uint16_t b, int64_t at, float *dst32, uint16_t *dst16)
-{
-    if (dst32)
-        dst32[at] = nx_bf16_to_f32(b);
-    if (dst16)
-        dst16[at] = b;
 }
 
 /* Scales widened by the E8M0 hook: one per 32 columns of a row (tile 1 x 32). An element that
@@ -57,8 +49,8 @@ static int mxfp4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
         for (int64_t k = 0; k < cols / 2; k++) {
             float s = r->scale[i * nb + 2 * k / NX_MXFP4_BLOCK];
             uint8_t byte = packed[i * (cols / 2) + k];
-            put(element(byte & 0xF, s), i * cols + 2 * k, dst32, dst16);
-            put(element(byte >> 4, s), i * cols + 2 * k + 1, dst32, dst16);
+            nx_dec_put(element(byte & 0xF, s), i * cols + 2 * k, dst32, dst16);
+            nx_dec_put(element(byte >> 4, s), i * cols + 2 * k + 1, dst32, dst16);
         }
     return 0;
 }

@@ -606,24 +606,6 @@ static int expert_check(vctx *v, const fused_proj *f, const int64_t src[3], int6
     return NX_OK;
 }
 
-static int keep_stats(vctx *v, const fused_proj *f, const nx_qstats *st, nx_err *e)
-{
-    double rel = nx_qstats_rel_rms(st);
-    if (isnan(rel) || rel > v->r->worst_rel_rms)
-        v->r->worst_rel_rms = isnan(rel) ? INFINITY : rel;
-    if (v->report == NULL)
-        return NX_OK;
-    if (v->n_entries == v->cap_entries) {
-        int64_t cap = v->cap_entries ? 2 * v->cap_entries : 256;
-        nx_report_entry *x = realloc(v->entries, (size_t)cap * sizeof *x);
-        NX_ALLOC_CHECK(x, e, "report entries");
-        v->entries = x;
-        v->cap_entries = cap;
-    }
-    v->entries[v->n_entries++] = (nx_report_entry){ .module = f->name, .st = *st };
-    return NX_OK;
-}
-
 static void verdict(vctx *v, const fused_proj *f, const fused_acc *acc)
 {
     static const char *const orders[3] = { "", "the source's gate/up rows de-interleaved (gate "
@@ -736,7 +718,7 @@ int nx_verify_fused_source(vctx *v, int64_t k, nx_err *e)
         rc = expert_check(v, f, src, x, &b, &acc, e);
     if (rc == NX_OK) {
         verdict(v, f, &acc);
-        rc = keep_stats(v, f, &acc.st, e);
+        rc = nx_verify_keep_stats(v, f->name, &acc.st, e);
     }
     free(b.w);
     free(b.codes);

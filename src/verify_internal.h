@@ -245,6 +245,9 @@ uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti);
 int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
 /* T2 and X of quantized module k; its statistics into v->entries. */
 int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);
+/* Statistics of a module (or fused projection) name checked against the source: kept for
+ * --report (name must outlive v->entries), and the worst relative error for the summary. */
+int nx_verify_keep_stats(vctx *v, const char *name, const nx_qstats *st, nx_err *e);
 /* T2: every source tensor is in the checkpoint. */
 int nx_verify_source_missing(vctx *v, nx_err *e);
 /* MSE (o->sweep): the block scales of quantized module k, on a sample of blocks (o->full:

@@ -425,8 +425,7 @@ static void exact_report(vctx *v, const module *m, const exact_acc *acc)
                      (long long)acc->first_row, (long long)acc->first_col);
 }
 
-/* The module's statistics for --report, and the worst relative error for the summary. */
-static int stats_keep(vctx *v, const module *m, const nx_qstats *st, nx_err *e)
+int nx_verify_keep_stats(vctx *v, const char *name, const nx_qstats *st, nx_err *e)
 {
     double rel = nx_qstats_rel_rms(st);
     if (isnan(rel) || rel > v->r->worst_rel_rms)
@@ -441,7 +440,7 @@ static int stats_keep(vctx *v, const module *m, const nx_qstats *st, nx_err *e)
         v->cap_entries = cap;
     }
     /* fallbacks are the exporter's to know: a checkpoint does not record them */
-    v->entries[v->n_entries++] = (nx_report_entry){ .module = m->name, .st = *st };
+    v->entries[v->n_entries++] = (nx_report_entry){ .module = name, .st = *st };
     return NX_OK;
 }
 
@@ -483,7 +482,7 @@ int nx_verify_source_module(vctx *v, int64_t k, nx_err *e)
     memset(&acc, 0, sizeof acc);
     NX_TRY(exact_check(v, m, si, &acc, e));
     exact_report(v, m, &acc);
-    return stats_keep(v, m, &acc.st, e);
+    return nx_verify_keep_stats(v, m->name, &acc.st, e);
 }
 
 /* ---- MSE: the sweep's choice --------------------------------------------------------------- */

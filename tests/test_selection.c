@@ -16,6 +16,15 @@ typedef struct sel_case {
     nx_sel want;
 } sel_case;
 
+static void check_cases(const sel_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        nx_sel got = nx_select(cases[i].module, cases[i].policy, 0, NULL);
+        CHECK_MSG(got == cases[i].want, "%s (policy %d): %d, want %d", cases[i].module,
+                  cases[i].policy, got, cases[i].want);
+    }
+}
+
 static void test_families(void)
 {
     static const sel_case cases[] = {
@@ -41,10 +50,7 @@ static void test_families(void)
         { "mm_projector.proj.0", NX_POLICY_ALL, NX_SEL_NEVER },
         { "model.layers.0.self_attn.pos_table", NX_POLICY_ALL, NX_SEL_UNKNOWN },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        nx_sel got = nx_select(cases[i].module, cases[i].policy, 0, NULL);
-        CHECK_MSG(got == cases[i].want, "%s: %d, want %d", cases[i].module, got, cases[i].want);
-    }
+    check_cases(cases, sizeof cases / sizeof *cases);
 }
 
 static void test_policies(void)
@@ -63,11 +69,7 @@ static void test_policies(void)
         { "model.layers.1.block_sparse_moe.experts.0.w3", NX_POLICY_EXPERTS, NX_SEL_QUANTIZE },
         { "model.layers.1.block_sparse_moe.gate", NX_POLICY_EXPERTS, NX_SEL_NEVER },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        nx_sel got = nx_select(cases[i].module, cases[i].policy, 0, NULL);
-        CHECK_MSG(got == cases[i].want, "%s (policy %d): %d, want %d", cases[i].module,
-                  cases[i].policy, got, cases[i].want);
-    }
+    check_cases(cases, sizeof cases / sizeof *cases);
 }
 
 /* Fused-expert families (Llama-4, gpt-oss, Qwen3.5): their linears and the fused projections,
@@ -92,11 +94,7 @@ static void test_fused_families(void)
         { "model.language_model.layers.1.mlp.experts.3.down_proj", NX_POLICY_EXPERTS,
           NX_SEL_QUANTIZE },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        nx_sel got = nx_select(cases[i].module, cases[i].policy, 0, NULL);
-        CHECK_MSG(got == cases[i].want, "%s (policy %d): %d, want %d", cases[i].module,
-                  cases[i].policy, got, cases[i].want);
-    }
+    check_cases(cases, sizeof cases / sizeof *cases);
     const char *experts[2] = { "language_model.model.layers.1.feed_forward.experts",
                                "model.layers.0.mlp.experts" };
     for (int x = 0; x < 2; x++)

@@ -17,6 +17,7 @@
 
 #include "nvfp4x/error.h"
 #include "nvfp4x/safetensors.h"
+#include "nvfp4x/util.h"
 
 typedef enum nx_codec {
     NX_CODEC_WIDEN, /* stored as float: nothing to decode */
@@ -56,6 +57,17 @@ typedef struct nx_decoder {
      * BF16/F16/F32 scales, widened as they are. */
     int (*scales)(const void *raw, nx_dtype dt, int64_t n, float *dst);
 } nx_decoder;
+
+/* What every decoder of an encoded weight does with one value v: rounds it to BF16 (RNE) and
+ * stores the bits at dst16[at] and their float32 value at dst32[at] (either may be NULL). */
+static inline void nx_dec_put(float v, int64_t at, float *dst32, uint16_t *dst16)
+{
+    uint16_t b = nx_f32_to_bf16(v);
+    if (dst32)
+        dst32[at] = nx_bf16_to_f32(b);
+    if (dst16)
+        dst16[at] = b;
+}
 
 extern const nx_decoder nx_decoder_widen, nx_decoder_fp8, nx_decoder_int4, nx_decoder_mxfp4;
 const nx_decoder *nx_decoder_of(nx_codec codec);

@@ -19,8 +19,8 @@ import sys
 import numpy as np
 
 # safetensors' Dtype enum order; the Rust writer sorts tensors by descending dtype, then name.
-DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
-               "I32", "U32", "F32", "F64", "I64", "U64"]
+DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+               "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
 DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
 
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/util.h"
 
@@ -34,7 +35,8 @@ static int str_is(const char *s, const char *want)
 
 /* The encodings nvfp4x reads, for messages that refuse another. */
 #define READS "nvfp4x reads BF16/F16/F32, FP8 \"fp8\" (block-scaled with weight_block_size, or " \
-              "per-tensor/per-channel weight_scale) and compressed-tensors \"float-quantized\""
+              "per-tensor/per-channel weight_scale), compressed-tensors \"float-quantized\" and " \
+              "DeepSeek-V4's release (FP8 and MXFP4 with E8M0 .scale)"
 
 /* quant_method "fp8": block-scaled with weight_block_size, else per tensor or channel. */
 static int fp8_scheme(const char *where, const cJSON *qc, nx_encoding *enc, int64_t block[2],
@@ -151,6 +153,10 @@ static int config_scheme(const char *where, const cJSON *config, nx_encoding *en
     const char *method = jstr(qc, "quant_method");
     NX_ERROR_IF(method == NULL, e, NX_EINPUT, "%s/config.json: quantization_config has no "
                 "quant_method", where);
+    if (nx_e8m0_scheme_claims(config, qc)) { /* DeepSeek-V4 release (decode_mxfp4.c) */
+        enc->kind = NX_ENC_FP8_E8M0;
+        return nx_e8m0_scheme(where, config, qc, block, enc->what, sizeof enc->what, e);
+    }
     if (strcmp(method, "fp8") == 0)
         return fp8_scheme(where, qc, enc, block, e);
     if (strcmp(method, "compressed-tensors") == 0)
@@ -276,6 +282,20 @@ static int link_tensor(scan *s, int64_t i, nx_err *e)
     return NX_OK;
 }
 
+/* X.scale of the DeepSeek-V4 release (decode_mxfp4.c checks it): read with its weight when that
+ * is quantized, else copied with it, so never marked dropped here. */
+static int link_e8m0(scan *s, int64_t i, nx_err *e)
+{
+    int64_t w = weight_beside(s, s->t[i].name, ".scale");
+    NX_ERROR_IF(w == -2, e, NX_EIO, "out of memory");
+    NX_ERROR_IF(w < 0, e, NX_EINPUT, "%s: %s has no weight tensor beside it", s->where,
+                s->t[i].name);
+    nx_enc_link *l = &s->enc->link[w];
+    NX_TRY(nx_e8m0_link_check(s->where, &s->t[i], &s->t[w], s->block, l->tile, e));
+    l->scale = i;
+    return NX_OK;
+}
+
 /* X.input_scale, X.k_scale, X.v_scale: static activation scales of an FP8 scheme, which the
  * export replaces with its own (from calibration); nothing else has them. */
 static int drop_activation_scale(scan *s, int64_t i, nx_err *e)
@@ -295,6 +315,8 @@ static int link_one(scan *s, int64_t i, nx_err *e)
     const char *name = s->t[i].name, *foreign = foreign_artifact(name);
     NX_ERROR_IF(foreign != NULL, e, NX_EINPUT, "%s: tensor %s belongs to an encoding nvfp4x "
                 "does not read (%s); " READS, s->where, name, foreign);
+    if (s->enc->kind == NX_ENC_FP8_E8M0 && ends_with(name, ".scale"))
+        return link_e8m0(s, i, e);
     if (ends_with(name, ".weight_scale_inv"))
         return link_block(s, i, e);
     if (ends_with(name, ".weight_scale"))
@@ -323,7 +345,12 @@ static int check_linked(scan *s, nx_err *e)
             continue;
         NX_ERROR_IF(t->dtype == NX_DT_F8_E4M3, e, NX_EINPUT, "%s: FP8 tensor %s has no %s "
                     "beside it", s->where, t->name, s->enc->kind == NX_ENC_FP8_BLOCK
-                    ? "weight_scale_inv" : "weight_scale");
+                    ? "weight_scale_inv" : s->enc->kind == NX_ENC_FP8_E8M0 ? ".scale"
+                    : "weight_scale");
+        NX_ERROR_IF(s->enc->kind == NX_ENC_FP8_E8M0 && t->ndim == 2 &&
+                    ends_with(t->name, ".weight") && nx_mxfp4_dtype(t->dtype), e, NX_EINPUT,
+                    "%s: MXFP4 weight %s (%s) has no .scale beside it", s->where, t->name,
+                    nx_dtype_name(t->dtype));
         NX_ERROR_IF(t->ndim == 2 && ends_with(t->name, ".weight") && !is_float(t->dtype), e,
                     NX_EINPUT, "%s: tensor %s has dtype %s and no scale: not an encoding "
                     "nvfp4x reads; " READS, s->where, t->name, nx_dtype_name(t->dtype));

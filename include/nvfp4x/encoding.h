@@ -14,7 +14,9 @@
 typedef enum nx_enc_kind {
     NX_ENC_FLOAT,      /* BF16, F16 or F32 weights: no quantization_config */
     NX_ENC_FP8_BLOCK,  /* F8_E4M3 + F32 weight_scale_inv per b0 x b1 tile (DeepSeek, Kimi) */
-    NX_ENC_FP8_TENSOR  /* F8_E4M3 + weight_scale per tensor or per output channel */
+    NX_ENC_FP8_TENSOR, /* F8_E4M3 + weight_scale per tensor or per output channel */
+    NX_ENC_FP8_E8M0    /* DeepSeek-V4 release: F8_E4M3 + E8M0 .scale per tile, and MXFP4
+                        * (I8/U8 + E8M0 .scale per 32) routed experts (mxfp4.h) */
 } nx_enc_kind;
 
 /* What the detection reads of one tensor. */
@@ -28,7 +30,8 @@ typedef struct nx_enc_tensor {
 /* What it decides for one tensor. */
 typedef struct nx_enc_link {
     int64_t scale;   /* an encoded weight: the tensor holding its scales, else -1 */
-    int64_t tile[2]; /* an encoded weight: rows x columns that share one scale */
+    int64_t tile[2]; /* an encoded weight: rows x columns (elements; for MXFP4, two per
+                      * stored byte) that share one scale */
     uint8_t dropped; /* a scale read with its weight, or a static activation scale of the
                       * source scheme: never written */
 } nx_enc_link;

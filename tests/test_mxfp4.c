@@ -1,0 +1,227 @@
+/* MXFP4 and E8M0 (mxfp4.h): exact decoding, k_max, the closed-form cast against a plain
+ * per-element evaluation of ModelOpt's formula (so the nibble-copy fast path must agree with it
+ * everywhere), and the .scale shape rules of the DeepSeek-V4 release. */
+#include "nvfp4x/mxfp4.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "nvfp4x/quantize.h"
+#include "nx_test.h"
+
+static uint32_t rng_state = 12345;
+
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 17;
+    rng_state ^= rng_state << 5;
+    return rng_state;
+}
+
+static void test_e8m0_decode(void)
+{
+    CHECK(nx_e8m0_decode(127) == 1.0f);
+    CHECK(nx_e8m0_decode(128) == 2.0f && nx_e8m0_decode(126) == 0.5f);
+    CHECK(nx_e8m0_decode(0) == ldexpf(1.0f, -127) && nx_e8m0_decode(0) > 0.0f);
+    CHECK(nx_e8m0_decode(254) == ldexpf(1.0f, 127));
+    CHECK(isnan(nx_e8m0_decode(255)));
+}
+
+static void test_decode_rows(void)
+{
+    /* one row of 32: codes 0..15 then 15..0; scale 2^1 */
+    uint8_t packed[16], e8m0[1] = { 128 };
+    for (int j = 0; j < 8; j++)
+        packed[j] = (uint8_t)((2 * j) | (2 * j + 1) << 4);
+    for (int j = 8; j < 16; j++)
+        packed[j] = (uint8_t)((31 - 2 * j) | (30 - 2 * j) << 4);
+    float w[32];
+    static const float v[16] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4,
+                                 -6 };
+    nx_mxfp4_decode_rows(packed, e8m0, 1, 32, w);
+    for (int j = 0; j < 16; j++)
+        CHECK_MSG(w[j] == 2 * v[j] && w[31 - j] == 2 * v[j], "element %d: %g", j, (double)w[j]);
+    CHECK(signbit(w[8]) && w[8] == 0.0f); /* code 0x8 decodes to -0.0 */
+    CHECK(nx_mxfp4_absmax(packed, e8m0, 1, 32) == 12.0f);
+    e8m0[0] = 255;
+    CHECK(isnan(nx_mxfp4_absmax(packed, e8m0, 1, 32)));
+    e8m0[0] = 254; /* 6 * 2^127 overflows float32 */
+    CHECK(isnan(nx_mxfp4_absmax(packed, e8m0, 1, 32)));
+}
+
+static void test_kmax(void)
+{
+    uint8_t z[4] = { 0, 0, 0, 0 }, m[4] = { 0, 120, 130, 0 };
+    CHECK(nx_mxfp4_kmax(z, 4) == NX_E8M0_NONE);
+    CHECK(nx_mxfp4_kmax(m, 4) == 3);
+    nx_mxfp4_cast c;
+    nx_mxfp4_cast_init(&c, NX_E8M0_NONE, NX_E8M0_NONE);
+    CHECK(c.k_shared == 0 && c.ws2 == ldexpf(1.0f, -8)); /* ModelOpt: k_max 0 when all zero */
+}
+
+/* ModelOpt's formula element by element (numeric_utils.py + NVFP4QTensor.quantize). */
+static void cast_reference(int k_shared, int k_window, const uint8_t *packed,
+                           const uint8_t *e8m0, int64_t nblk, uint8_t *codes, uint8_t *scales)
+{
+    float ws2 = ldexpf(1.0f, k_shared - 8), w[32];
+    for (int64_t b = 0; b < nblk; b++) {
+        int k = e8m0[b] - 127, top = 0;
+        nx_mxfp4_decode_rows(packed + 16 * b, e8m0 + b, 1, 32, w);
+        for (int j = 0; j < 16; j++) {
+            top = (packed[16 * b + j] & 7) > top ? packed[16 * b + j] & 7 : top;
+            top = ((packed[16 * b + j] >> 4) & 7) > top ? (packed[16 * b + j] >> 4) & 7 : top;
+        }
+        static const float mag[8] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6 };
+        int d = k - (k_window - 8);
+        float amax = (d >= -9 && d <= 8 ? 6.0f : mag[top]) * ldexpf(1.0f, k);
+        float s = fminf(fmaxf(amax / (6.0f * ws2), 0x1p-9f), 448.0f);
+        uint8_t sb = nx_e4m3_encode(s);
+        scales[2 * b] = scales[2 * b + 1] = sb;
+        float den = nx_e4m3_decode(sb) * ws2;
+        for (int j = 0; j < 16; j++)
+            codes[16 * b + j] = (uint8_t)(nx_e2m1_encode(w[2 * j] / den) |
+                                          nx_e2m1_encode(w[2 * j + 1] / den) << 4);
+    }
+}
+
+static void test_cast_in_window(void)
+{
+    /* two blocks: k = 0 and k = -3, k_max 0: ws2 = 2^-8, scales 2^8 and 2^5 */
+    uint8_t packed[32], e8m0[2] = { 127, 124 }, codes[32], scales[4];
+    for (int j = 0; j < 32; j++)
+        packed[j] = (uint8_t)(j * 37 + 11);
+    packed[3] = 0x88; /* -0 in both nibbles */
+    nx_mxfp4_cast c;
+    nx_mxfp4_cast_init(&c, 0, 0);
+    CHECK(c.ws2 == ldexpf(1.0f, -8));
+    CHECK(nx_mxfp4_cast_rows(&c, packed, e8m0, 1, 64, codes, scales) == 2);
+    CHECK(scales[0] == nx_e4m3_encode(256.0f) && scales[1] == scales[0]);
+    CHECK(scales[2] == nx_e4m3_encode(32.0f) && scales[3] == scales[2]);
+    CHECK(codes[3] == 0x00);
+    int same = 1;
+    for (int j = 0; j < 32; j++) {
+        uint8_t want = packed[j];
+        if ((want & 0xF) == 8)
+            want &= 0xF0;
+        if ((want >> 4) == 8)
+            want &= 0x0F;
+        same &= codes[j] == want;
+    }
+    CHECK(same);
+}
+
+/* Random blocks over the whole exponent range, shared k_max above and equal to the tensor's
+ * own, zero scale bytes and all-zero blocks: the cast equals the per-element formula. */
+static void test_cast_matches_formula(void)
+{
+    enum { NB = 4096 };
+    static uint8_t packed[16 * NB], e8m0[NB], got_c[16 * NB], want_c[16 * NB], got_s[2 * NB],
+        want_s[2 * NB];
+    for (int round = 0; round < 6; round++) {
+        for (int b = 0; b < NB; b++) {
+            uint32_t r = rnd();
+            e8m0[b] = r % 7 == 0 ? 0 : (uint8_t)(100 + r % 40); /* spans more than 17 */
+            if (round == 5)
+                e8m0[b] = (uint8_t)(1 + rnd() % 250); /* finite: 6 * 2^123 */
+            for (int j = 0; j < 16; j++)
+                packed[16 * b + j] = (uint8_t)(r % 11 == 0 ? 0 : rnd());
+        }
+        int own = nx_mxfp4_kmax(e8m0, NB);
+        int shared = own + (round % 3) * 4; /* a w3 with larger scales */
+        nx_mxfp4_cast c;
+        nx_mxfp4_cast_init(&c, shared, own);
+        int64_t lossless = nx_mxfp4_cast_rows(&c, packed, e8m0, NB / 8, 8 * 32, got_c, got_s);
+        cast_reference(shared, own, packed, e8m0, NB, want_c, want_s);
+        int64_t want_lossless = 0;
+        for (int b = 0; b < NB; b++)
+            want_lossless += e8m0[b] == 0 || e8m0[b] - 127 >= shared - 17;
+        CHECK_MSG(lossless == want_lossless, "round %d: %lld lossless, expected %lld", round,
+                  (long long)lossless, (long long)want_lossless);
+        CHECK_MSG(memcmp(got_s, want_s, sizeof got_s) == 0, "round %d: block scales", round);
+        CHECK_MSG(memcmp(got_c, want_c, sizeof got_c) == 0, "round %d: codes", round);
+    }
+}
+
+static void test_cast_zero_block(void)
+{
+    /* an all-zero block out of the window: scale 2^-9 (0x01), no 1.0 rule; codes zero */
+    uint8_t packed[32] = { 0 }, e8m0[2] = { 0, 140 }, codes[32], scales[4];
+    packed[16] = 0x77;
+    nx_mxfp4_cast c;
+    nx_mxfp4_cast_init(&c, 13, 13);
+    CHECK(nx_mxfp4_cast_rows(&c, packed, e8m0, 1, 64, codes, scales) == 2);
+    CHECK(scales[0] == 0x01 && scales[1] == 0x01);
+    CHECK(codes[0] == 0 && codes[15] == 0 && codes[16] == 0x77);
+    e8m0[1] = 255;
+    CHECK(nx_mxfp4_cast_rows(&c, packed, e8m0, 1, 64, codes, scales) == -1);
+}
+
+static nx_enc_tensor tensor(const char *name, nx_dtype dt, const int64_t *shape)
+{
+    return (nx_enc_tensor){ name, dt, 2, shape };
+}
+
+static void test_link_shapes(void)
+{
+    static const int64_t block[2] = { 128, 128 };
+    static const int64_t w_fp8[2] = { 300, 7168 }, s_fp8[2] = { 3, 56 }, s_bad[2] = { 2, 56 };
+    static const int64_t w_mx[2] = { 3072, 3584 }, s_mx[2] = { 3072, 224 };
+    int64_t tile[2];
+    nx_err e = { 0 };
+    nx_enc_tensor w = tensor("a.weight", NX_DT_F8_E4M3, w_fp8);
+    nx_enc_tensor s = tensor("a.scale", NX_DT_F8_E8M0, s_fp8);
+    CHECK(nx_e8m0_link_check("m", &s, &w, block, tile, &e) == NX_OK && tile[0] == 128 &&
+          tile[1] == 128);
+    s.shape = s_bad;
+    CHECK(nx_e8m0_link_check("m", &s, &w, block, tile, &e) == NX_EINPUT &&
+          strstr(e.msg, "a.scale") && strstr(e.msg, "[3, 56]"));
+    w = tensor("x.w1.weight", NX_DT_I8, w_mx);
+    s = tensor("x.w1.scale", NX_DT_F8_E8M0, s_mx);
+    memset(&e, 0, sizeof e);
+    CHECK(nx_e8m0_link_check("m", &s, &w, block, tile, &e) == NX_OK && tile[0] == 1 &&
+          tile[1] == 32);
+    s.dtype = NX_DT_F32;
+    CHECK(nx_e8m0_link_check("m", &s, &w, block, tile, &e) == NX_EINPUT &&
+          strstr(e.msg, "x.w1.scale"));
+    memset(&e, 0, sizeof e);
+    w.dtype = NX_DT_BF16;
+    s.dtype = NX_DT_F8_E8M0;
+    CHECK(nx_e8m0_link_check("m", &s, &w, block, tile, &e) == NX_EINPUT &&
+          strstr(e.msg, "x.w1.weight"));
+}
+
+static void test_scheme(void)
+{
+    cJSON *cfg = cJSON_Parse("{\"model_type\":\"deepseek_v4\",\"expert_dtype\":\"fp4\","
+                             "\"quantization_config\":{\"quant_method\":\"fp8\",\"fmt\":\"e4m3\","
+                             "\"scale_fmt\":\"ue8m0\",\"weight_block_size\":[128,128]}}");
+    const cJSON *qc = cJSON_GetObjectItem(cfg, "quantization_config");
+    int64_t block[2];
+    char what[192];
+    nx_err e = { 0 };
+    CHECK(nx_e8m0_scheme_claims(cfg, qc));
+    CHECK(nx_e8m0_scheme("m", cfg, qc, block, what, sizeof what, &e) == NX_OK &&
+          block[0] == 128 && strstr(what, "DeepSeek-V4"));
+    cJSON_ReplaceItemInObject(cfg, "expert_dtype", cJSON_CreateString("fp8"));
+    CHECK(nx_e8m0_scheme("m", cfg, qc, block, what, sizeof what, &e) == NX_EINPUT &&
+          strstr(e.msg, "-Base"));
+    cJSON_ReplaceItemInObject(cfg, "model_type", cJSON_CreateString("deepseek_v3"));
+    CHECK(!nx_e8m0_scheme_claims(cfg, qc));
+    cJSON_Delete(cfg);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    RUN(test_e8m0_decode);
+    RUN(test_decode_rows);
+    RUN(test_kmax);
+    RUN(test_cast_in_window);
+    RUN(test_cast_matches_formula);
+    RUN(test_cast_zero_block);
+    RUN(test_link_shapes);
+    RUN(test_scheme);
+    return TEST_SUMMARY();
+}

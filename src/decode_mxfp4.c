@@ -138,7 +138,7 @@ int64_t nx_mxfp4_cast_rows(const nx_mxfp4_cast *c, const uint8_t *packed, const 
     return lossless;
 }
 
-/* ---- The DeepSeek-V4 release encoding --------------------------------------------------------- */
+/* ---- The DeepSeek-V4 release encoding ----------------------------------------------------- */
 
 static const cJSON *jget(const cJSON *o, const char *key)
 {

@@ -9,6 +9,8 @@
 
 #include "nvfp4x/comm.h"
 #include "nvfp4x/encoding.h"
+#include "nvfp4x/family_dsv4.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 
 int64_t nx_tensor_elems(const nx_tensor *t)
@@ -79,6 +81,7 @@ static int read_config(nx_catalog *c, nx_err *e)
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(src, "model_type");
         if (cJSON_IsString(mt))
             snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
+        c->dsv4 = nx_dsv4_is(c->model_type);
         c->num_hidden_layers = json_int(src, layers);
         c->num_experts = json_int(src, experts);
         if (c->num_experts < 0)
@@ -310,6 +313,8 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     c->dir = nx_buf_get_str(b);
     c->config_text = nx_buf_get_str(b);
     nx_buf_get(b, c->model_type, sizeof c->model_type);
+    c->model_type[sizeof c->model_type - 1] = '\0';
+    c->dsv4 = nx_dsv4_is(c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
     int32_t nf = (int32_t)nx_buf_get_u64(b);
@@ -435,7 +440,9 @@ static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t 
     NX_ALLOC_CHECK(scale, e, "FP8 scales");
     void *raw = scale + n;
     int rc = nx_source_read(s, t->scale, (uint64_t)(first * scols) * esz, raw, n * esz, e);
-    if (rc == NX_OK && nx_widen_f32(raw, st->dtype, (int64_t)n, scale) != 0)
+    if (rc == NX_OK && st->dtype == NX_DT_F8_E8M0) /* DeepSeek-V4: 2^(b-127) per tile */
+        nx_e8m0_widen(raw, (int64_t)n, scale);
+    else if (rc == NX_OK && nx_widen_f32(raw, st->dtype, (int64_t)n, scale) != 0)
         rc = nx_err_set(e, NX_EINPUT, "%s: scale tensor %s has dtype %s", nx_source_path(s,
                         t->scale), st->name, nx_dtype_name(st->dtype));
     if (rc == NX_OK)
@@ -444,10 +451,25 @@ static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t 
     return rc;
 }
 
+int nx_source_mxfp4_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                         uint8_t *packed, uint8_t *e8m0, nx_err *e)
+{
+    const nx_tensor *t = &s->c->t[tensor];
+    uint64_t cols = (uint64_t)t->shape[1], scols = 2 * cols / NX_MXFP4_BLOCK;
+    NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * cols, packed, (size_t)(nrows * cols), e));
+    return nx_source_read(s, t->scale, (uint64_t)row0 * scols, e8m0, (size_t)nrows * scols, e);
+}
+
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e)
 {
     const nx_tensor *t = &s->c->t[tensor];
+    if (t->scale >= 0 && nx_mxfp4_dtype(t->dtype)) {
+        uint8_t *packed = raw, *e8m0 = packed + nrows * t->shape[1];
+        NX_TRY(nx_source_mxfp4_rows(s, tensor, row0, nrows, packed, e8m0, e));
+        nx_mxfp4_decode_rows(packed, e8m0, nrows, 2 * t->shape[1], dst);
+        return NX_OK;
+    }
     size_t esz = nx_dtype_size(t->dtype);
     uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
     NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,

@@ -8,6 +8,7 @@
 #include "nvfp4x/assemble.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/comm.h"
+#include "nvfp4x/family_dsv4.h"
 #include "nvfp4x/journal.h"
 #include "nvfp4x/plan.h"
 #include "nvfp4x/staging.h"
@@ -27,6 +28,7 @@ typedef struct pipeline {
     nx_amax amax;
     nx_source src;
     nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
+    nx_numerics numerics; /* --numerics, or the source family's default */
     int kv_fp8;
     char *staging;   /* rank 0, once the staging directory is ours */
     int resumed;
@@ -57,8 +59,15 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld FP8 weights decoded to BF16 on read", pl->cat.encoding,
-        (long long)pl->cat.n_encoded);
+    say(pl, "source encoding: %s; %lld encoded weights (decoded on read where quantized%s)",
+        pl->cat.encoding, (long long)pl->cat.n_encoded,
+        pl->cat.dsv4 ? ", else copied as stored" : ", else written as BF16");
+    const nx_export_opts *o = pl->o;
+    /* DeepSeek-V4: ModelOpt's script runs on the CPU unless told otherwise. */
+    pl->numerics = o->numerics_given || !pl->cat.dsv4 ? o->numerics : NX_NUMERICS_CPU;
+    NX_TRY(nx_dsv4_check_options(pl->cat.dsv4, o->weight_only,
+                                 o->format == NX_FORMAT_COMPRESSED_TENSORS, o->kv == NX_KV_FP8,
+                                 o->cast_mxfp4, e));
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
@@ -114,7 +123,8 @@ static int phase_plan(pipeline *pl, int nranks, nx_err *e)
 {
     nx_plan_opts po = { .max_shard_bytes = pl->o->max_shard_bytes,
                         .weight_only = pl->o->weight_only, .kv_fp8 = pl->kv_fp8,
-                        .nranks = nranks, .format = pl->o->format };
+                        .nranks = nranks, .format = pl->o->format,
+                        .source_shards = pl->cat.dsv4, .keep_encoded = pl->cat.dsv4 };
     int rc = nx_plan_build(&pl->cat, &pl->cls, &po, &pl->plan, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     char total[32];
@@ -134,9 +144,10 @@ static char *options_text(const pipeline *pl)
         size_t len = strlen(excl);
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
-    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s",
-                       o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
-                       o->weight_only, pl->kv_fp8, (int)o->format, excl);
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s",
+                       pl->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
+                       o->weight_only, pl->kv_fp8, (int)o->format, excl,
+                       o->cast_mxfp4 ? " cast-mxfp4" : "");
 }
 
 /* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
@@ -182,15 +193,20 @@ static int phase_write(pipeline *pl, nx_err *e)
     int rc = nx_source_open(&pl->src, &pl->cat, pl->o->mem_budget, e);
     if (rc == NX_OK)
         rc = nx_amax_sync(&pl->src, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
-                          &pl->amax, pl->comm, e);
+                          o->cast_mxfp4, &pl->amax, pl->comm, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
-    say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
+    say(pl, "amax: %s and input amax resolved for %lld modules", o->cast_mxfp4 ?
+        "MXFP4 k_max (weight_scale_2)" : "weight", (long long)pl->cls.n_q);
     NX_TRY(open_staging(pl, e));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
-    nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
+    int64_t cast[2] = { 0, 0 };
+    nx_write_opts wo = { .numerics = pl->numerics, .threads = o->threads, .quiet = o->quiet,
                          .calib_path = o->calib, .calib = pl->calib,
                          .resumed = pl->resumed, .format = o->format,
-                         .report = o->report, .no_fsync = o->no_fsync };
+                         .report = o->report, .no_fsync = o->no_fsync,
+                         /* DeepSeek-V4: the script divides input amax on the CPU always */
+                         .input_numerics = pl->cat.dsv4 ? NX_NUMERICS_CPU : pl->numerics,
+                         .cast_mxfp4 = o->cast_mxfp4, .cast_blocks = cast };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK)
@@ -200,6 +216,9 @@ static int phase_write(pipeline *pl, nx_err *e)
         free(dir);
     NX_TRY(rc);
     say(pl, "shards written and synced");
+    if (o->cast_mxfp4) /* the summary line of ModelOpt's script */
+        say(pl, "[cast] lossless MXFP4->NVFP4 blocks: %lld/%lld (%.4f%%)", (long long)cast[1],
+            (long long)cast[0], cast[0] ? 100.0 * (double)cast[1] / (double)cast[0] : 100.0);
     nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8,
                             .format = o->format };
     rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
@@ -266,10 +285,15 @@ static void print_plan(const pipeline *pl, FILE *out)
     char b[32];
     fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
             (long long)pl->cat.n, pl->cat.n_files);
-    fprintf(out, "source encoding: %s; %lld FP8 weights decoded to BF16 on read\n",
-            pl->cat.encoding, (long long)pl->cat.n_encoded);
+    fprintf(out, "source encoding: %s; %lld encoded weights\n", pl->cat.encoding,
+            (long long)pl->cat.n_encoded);
     fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
             (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);
+    if (pl->cat.dsv4) {
+        char line[512];
+        nx_dsv4_describe(&pl->cat, &pl->cls, line, sizeof line);
+        fprintf(out, "%s\n", line);
+    }
     fprintf(out, "excluded modules: %lld, exclude_modules:\n", (long long)pl->cls.n_excluded);
     for (int64_t i = 0; i < pl->cls.n_patterns; i++)
         fprintf(out, "  %s\n", pl->cls.patterns[i]);

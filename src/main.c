@@ -31,6 +31,10 @@ static const char usage_text[] =
     "  --output DIR           output directory; must not exist (see --force)\n"
     "  --calib FILE           calibration statistics (HDF5); required unless --weight-only\n"
     "  --numerics gpu|cpu     reproduce ModelOpt exports made on GPU (default) or CPU\n"
+    "                         (DeepSeek-V4: default cpu, as ModelOpt's script runs)\n"
+    "  --cast-mxfp4           DeepSeek-V4: cast the MXFP4 routed experts to NVFP4 in closed\n"
+    "                         form (ModelOpt's --cast_mxfp4_to_nvfp4: weight_scale_2 =\n"
+    "                         2^(k_max-8), the source nibbles kept) instead of re-quantizing\n"
     "  --quantize all|mlp|experts  which linears: attention+MLP (default), MLP only,\n"
     "                         routed experts only\n"
     "  --exclude GLOB         leave matching modules unquantized (repeatable; '*' spans dots)\n"
@@ -69,7 +73,7 @@ static const char usage_text[] =
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
        OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
-       OPT_NO_FSYNC,
+       OPT_NO_FSYNC, OPT_CAST_MXFP4,
        OPT_REPORT };
 
 static const struct option long_opts[] = {
@@ -92,6 +96,7 @@ static const struct option long_opts[] = {
     { "owners", no_argument, 0, OPT_OWNERS },
     { "resume", no_argument, 0, OPT_RESUME },
     { "no-fsync", no_argument, 0, OPT_NO_FSYNC },
+    { "cast-mxfp4", no_argument, 0, OPT_CAST_MXFP4 },
     { "format", required_argument, 0, OPT_FORMAT },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
@@ -142,6 +147,7 @@ static int parse_choice(int opt, const char *arg, cli *c, nx_err *e)
         NX_ERROR_IF((v = pick(arg, numerics, 2)) < 0, e, NX_EINPUT,
                     "--numerics: expected gpu or cpu, got '%s'", arg);
         c->x.numerics = v == 0 ? NX_NUMERICS_GPU : NX_NUMERICS_CPU;
+        c->x.numerics_given = 1;
         return NX_OK;
     case OPT_QUANTIZE:
         NX_ERROR_IF((v = pick(arg, policies, 3)) < 0, e, NX_EINPUT,
@@ -166,6 +172,7 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_FORCE: c->x.force = 1; return NX_OK;
     case OPT_RESUME: c->x.resume = 1; return NX_OK;
     case OPT_NO_FSYNC: c->x.no_fsync = 1; return NX_OK;
+    case OPT_CAST_MXFP4: c->x.cast_mxfp4 = 1; return NX_OK;
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
     case OPT_REPORT: c->report = arg; return NX_OK;

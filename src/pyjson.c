@@ -88,6 +88,7 @@ nx_pj *nx_pj_push(nx_pj *array, nx_pj *v)
 
 static int set_key(nx_pj *v, const char *key, size_t len)
 {
+    free(v->key);
     v->key = malloc(len + 1);
     if (v->key == NULL)
         return -1;
@@ -156,20 +157,44 @@ nx_pj *nx_pj_setdefault(nx_pj *object, const char *key, nx_pj *v)
     return old;
 }
 
-void nx_pj_remove(nx_pj *object, const char *key)
+static void unlink_child(nx_pj *parent, nx_pj *prev, nx_pj *c)
 {
-    nx_pj *prev = NULL, *c = key ? member(object, key, strlen(key), &prev) : NULL;
-    if (c == NULL)
-        return;
     if (prev)
         prev->next = c->next;
     else
-        object->child = c->next;
-    if (object->last == c)
-        object->last = prev;
-    object->n--;
+        parent->child = c->next;
+    if (parent->last == c)
+        parent->last = prev;
+    parent->n--;
     c->next = NULL;
-    nx_pj_free(c);
+}
+
+nx_pj *nx_pj_detach(nx_pj *object, const char *key)
+{
+    nx_pj *prev = NULL, *c = key ? member(object, key, strlen(key), &prev) : NULL;
+    if (c)
+        unlink_child(object, prev, c);
+    return c;
+}
+
+void nx_pj_remove(nx_pj *object, const char *key)
+{
+    nx_pj_free(nx_pj_detach(object, key));
+}
+
+void nx_pj_filter(nx_pj *container, int (*drop)(const nx_pj *member, void *arg), void *arg)
+{
+    nx_pj *prev = NULL, *c = container ? container->child : NULL;
+    while (c) {
+        nx_pj *next = c->next;
+        if (drop(c, arg)) {
+            unlink_child(container, prev, c);
+            nx_pj_free(c);
+        } else {
+            prev = c;
+        }
+        c = next;
+    }
 }
 
 /* ---- Parsing ------------------------------------------------------------------------------ */

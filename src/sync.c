@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "nvfp4x/comm.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/util.h"
 
@@ -48,12 +49,19 @@ static float absmax_src(const void *raw, nx_dtype dt, int64_t n)
     return isfinite(v) ? v : NAN;
 }
 
-/* Rows [r, r+n) of the weight: their max |w|. FP8 sources are dequantized first. */
+/* Rows [r, r+n) of the weight: their max |w|. FP8 sources are dequantized first; MXFP4 needs
+ * only each block's largest code and scale. */
 static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, float *w,
                        void *raw, float *m, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
     int64_t elems = n * t->shape[1];
+    if (t->scale >= 0 && nx_mxfp4_dtype(t->dtype)) {
+        uint8_t *packed = raw, *e8m0 = packed + elems;
+        NX_TRY(nx_source_mxfp4_rows(src, tensor, r, n, packed, e8m0, e));
+        *m = nx_mxfp4_absmax(packed, e8m0, n, 2 * t->shape[1]);
+        return NX_OK;
+    }
     if (t->scale >= 0) {
         NX_TRY(nx_source_read_rows_f32(src, tensor, r, n, w, raw, e));
         *m = absmax_src(w, NX_DT_F32, elems);
@@ -139,7 +147,7 @@ static int missing_inputs(const nx_catalog *c, const nx_classes *k, const nx_sta
     int64_t n = 0;
     for (int64_t i = 0; i < k->n_q; i++) {
         if (k->q[i].slot >= 0 || s->in_amax[i] != NX_ABSENT)
-            continue;
+            continue; /* experts: resolve_inputs or resolve_fallback covers them */
         char *name = nx_qmod_name(c, &k->q[i]);
         size_t len = strlen(list);
         if (name && len + strlen(name) + 8 < sizeof list)
@@ -188,6 +196,58 @@ static int resolve_inputs(const nx_catalog *c, const nx_classes *k, const nx_sta
     return rc;
 }
 
+/* A fused group whose members disagree on having an input amax: ModelOpt's calibration records
+ * w1 and w3 together (they read the same input), so one alone is a broken file. */
+static int one_sided_group(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                           const uint8_t *has, nx_err *e)
+{
+    for (int64_t i = 0; i < k->n_q; i++)
+        NX_ERROR_IF(has[k->q[i].group] == 3 && s->in_amax[i] == NX_ABSENT, e, NX_EINPUT,
+                    "calibration has an input amax for a fused sibling of %s but not for it "
+                    "(w1 and w3 of an expert are calibrated together)",
+                    c->t[k->q[i].tensor].name);
+    return NX_OK;
+}
+
+/* DeepSeek-V4 (ModelOpt's quantize_to_nvfp4.py): an expert keeps its own input amax (w1 and w3
+ * their max); one without takes the largest input amax of the same projection over all
+ * calibrated experts of the main layers; none calibrated for it is an error naming it. */
+static int resolve_fallback(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                            nx_amax *a, nx_err *e)
+{
+    float *pool = malloc(((size_t)k->n_slots + 1) * sizeof *pool);
+    float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    uint8_t *has = calloc((size_t)k->n_groups + 1, 1); /* bit 0: a member has one, 1: lacks */
+    int rc = pool && group && has ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t i = 0; rc == NX_OK && i < k->n_slots; i++)
+        pool[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_groups; i++)
+        group[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        const nx_qmod *q = &k->q[i];
+        has[q->group] |= s->in_amax[i] != NX_ABSENT ? 1 : 2;
+        group[q->group] = s->in_amax[i] > group[q->group] ? s->in_amax[i] : group[q->group];
+    }
+    if (rc == NX_OK)
+        rc = one_sided_group(c, k, s, has, e);
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        if (group[k->q[i].group] > pool[k->q[i].slot])
+            pool[k->q[i].slot] = group[k->q[i].group];
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        const nx_qmod *q = &k->q[i];
+        a->in_from_layer[i] = group[q->group] == NX_ABSENT;
+        a->in[i] = a->in_from_layer[i] ? pool[q->slot] : group[q->group];
+        if (a->in[i] == NX_ABSENT)
+            rc = nx_err_set(e, NX_EINPUT, "calibration has no input amax for any %s, so %s "
+                            "(uncalibrated) has none to fall back to", k->slot_names[q->slot],
+                            c->t[q->tensor].name);
+    }
+    free(pool);
+    free(group);
+    free(has);
+    return rc;
+}
+
 static int check_resolved(const nx_catalog *c, const nx_classes *k, const float *v,
                           const char *what, nx_err *e)
 {
@@ -198,8 +258,56 @@ static int check_resolved(const nx_catalog *c, const nx_classes *k, const float 
     return NX_OK;
 }
 
+/* k_max of one module's MXFP4 scales (ModelOpt counts an all-zero tensor as 0). */
+static int module_kmax(nx_source *src, const nx_qmod *q, uint8_t **buf, size_t *cap,
+                       int32_t *kmax, nx_err *e)
+{
+    const nx_tensor *t = &src->c->t[q->tensor];
+    NX_ERROR_IF(t->scale < 0 || !nx_mxfp4_dtype(t->dtype), e, NX_EINPUT, "--cast-mxfp4: %s is "
+                "not an MXFP4 weight", t->name);
+    size_t n = (size_t)src->c->t[t->scale].nbytes;
+    if (n > *cap) {
+        uint8_t *grown = realloc(*buf, n);
+        NX_ALLOC_CHECK(grown, e, "MXFP4 scales");
+        *buf = grown;
+        *cap = n;
+    }
+    NX_TRY(nx_source_read(src, t->scale, 0, *buf, n, e));
+    int k = nx_mxfp4_kmax(*buf, (int64_t)n);
+    *kmax = k == NX_E8M0_NONE ? 0 : k;
+    return NX_OK;
+}
+
+/* --cast-mxfp4: owners read their modules' scales; a fused group (w1 with w3) shares the
+ * largest k_max, so that both get one weight_scale_2 (FRONTIER.md 1.4). */
+static int cast_kmax(nx_source *src, const nx_classes *k, const nx_plan *p, int rank, nx_amax *a,
+                     MPI_Comm comm, nx_err *e)
+{
+    int32_t *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    a->k_shared = malloc(((size_t)k->n_q + 1) * sizeof *a->k_shared);
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    int rc = group && a->k_shared ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
+        group[g] = INT32_MIN;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        int32_t v = INT32_MIN;
+        if (nx_plan_owner(p, k->q[i].tensor) == rank)
+            rc = module_kmax(src, &k->q[i], &buf, &cap, &v, e);
+        group[k->q[i].group] = v > group[k->q[i].group] ? v : group[k->q[i].group];
+    }
+    free(buf);
+    rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK)
+        MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_INT32_T, MPI_MAX, comm);
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        a->k_shared[i] = group[k->q[i].group];
+    free(group);
+    return rc;
+}
+
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e)
+                 int weight_only, int cast, nx_amax *a, MPI_Comm comm, nx_err *e)
 {
     const nx_catalog *c = src->c;
     int rank;
@@ -215,17 +323,19 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
                  ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
-    if (rc == NX_OK)
+    if (rc == NX_OK && cast)
+        rc = cast_kmax(src, k, p, rank, a, comm, e);
+    else if (rc == NX_OK)
         rc = local_weight_amax(src, k, s, p, rank, group, a, e);
     rc = nx_agree(rc, e, comm);
-    if (rc == NX_OK) {
+    if (rc == NX_OK && !cast) {
         MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);
         for (int64_t i = 0; i < k->n_q; i++)
             a->w[i] = group[k->q[i].group];
         rc = check_resolved(c, k, a->w, "weight", e);
     }
     if (rc == NX_OK && !weight_only)
-        rc = resolve_inputs(c, k, s, a, e);
+        rc = k->slot_fallback ? resolve_fallback(c, k, s, a, e) : resolve_inputs(c, k, s, a, e);
     if (rc == NX_OK && !weight_only)
         rc = check_resolved(c, k, a->in, "input", e);
     free(group);
@@ -234,6 +344,7 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
 
 void nx_amax_free(nx_amax *a)
 {
+    free(a->k_shared);
     free(a->w);
     free(a->in);
     free(a->w_from_weight);

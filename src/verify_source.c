@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "nvfp4x/encoding.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 #include "verify_internal.h"
 
@@ -32,6 +33,33 @@ int nx_verify_source_link(vctx *v, const cJSON *config, nx_err *e)
     return rc;
 }
 
+/* DeepSeek-V4's release: what is not quantized keeps its encoding (FP8 with its E8M0 .scale,
+ * MTP experts' MXFP4), copied as stored, as ModelOpt's script writes it. */
+static int src_keeps_encoding(const vctx *v)
+{
+    return v->src_enc.kind == NX_ENC_FP8_E8M0;
+}
+
+static int src_is_mxfp4(const vctx *v, int64_t si)
+{
+    return v->src_enc.link[si].scale >= 0 && nx_mxfp4_dtype(v->src.t[si].st->dtype);
+}
+
+/* Rows [r0, r0+nr) of MXFP4 source weight si decoded exactly; raw: nr*cols/2 + nr*cols/32
+ * bytes of scratch (cols the elements). */
+static int mxfp4_rows_f32(vctx *v, int64_t si, int64_t r0, int64_t nr, uint8_t *raw,
+                          float *out, nx_err *e)
+{
+    int64_t bytes = v->src.t[si].st->shape[1], scols = 2 * bytes / NX_MXFP4_BLOCK;
+    uint8_t *e8m0 = raw + nr * bytes;
+    NX_TRY(nx_verify_tensor_read(&v->src, si, (uint64_t)(r0 * bytes), raw,
+                                 (size_t)(nr * bytes), e));
+    NX_TRY(nx_verify_tensor_read(&v->src, v->src_enc.link[si].scale, (uint64_t)(r0 * scols),
+                                 e8m0, (size_t)(nr * scols), e));
+    nx_mxfp4_decode_rows(raw, e8m0, nr, 2 * bytes, out);
+    return NX_OK;
+}
+
 /* Rows [r0, r0+nr) of FP8 source weight si as the exporter reads them:
  * bf16(fl32(e4m3(q) * scale)), rounded to nearest even. q: nr*cols bytes. */
 static int fp8_rows_bf16(vctx *v, int64_t si, int64_t r0, int64_t nr, uint8_t *q,
@@ -50,7 +78,9 @@ static int fp8_rows_bf16(vctx *v, int64_t si, int64_t r0, int64_t nr, uint8_t *q
     void *raw = scale + n;
     int rc = nx_verify_tensor_read(&v->src, l->scale, (uint64_t)(first * scols) * esz, raw,
                                    n * esz, e);
-    if (rc == NX_OK)
+    if (rc == NX_OK && st->dtype == NX_DT_F8_E8M0)
+        nx_e8m0_widen(raw, (int64_t)n, scale);
+    else if (rc == NX_OK)
         nx_widen_f32(raw, st->dtype, (int64_t)n, scale);
     if (rc == NX_OK)
         nx_fp8_decode_rows(q, r0, nr, cols, scale, scols, l->tile, NULL, out);
@@ -115,7 +145,7 @@ uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti)
     uint64_t bytes = t->st->end - t->st->begin;
     if (si < 0 || is_artifact(v, t))
         return 0;
-    if (v->src_enc.link[si].scale >= 0) /* BF16 out, one FP8 byte in per element */
+    if (v->src_enc.link[si].scale >= 0 && !src_keeps_encoding(v)) /* BF16 out, FP8 in */
         return is_dequant_of(t->st, v->src.t[si].st) ? bytes + bytes / 2 : 0;
     return same_shape(t->st, v->src.t[si].st) ? 2 * bytes : 0;
 }
@@ -204,7 +234,7 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e)
                      "is written decoded, the scale must not be written");
         return NX_OK;
     }
-    if (v->src_enc.link[si].scale >= 0)
+    if (v->src_enc.link[si].scale >= 0 && !src_keeps_encoding(v))
         return fp8_copy_check(v, ti, si, e);
     return plain_copy_check(v, ti, si, e);
 }
@@ -216,6 +246,15 @@ static int src_elsewhere(const vctx *v, int64_t i, int *yes, nx_err *e)
 {
     const char *name = v->src.t[i].st->name;
     *yes = v->src_enc.link[i].dropped;
+    if (!*yes && src_keeps_encoding(v) && ends_with(name, ".scale")) {
+        /* a quantized weight's E8M0 scales: the codes and block scales replace them */
+        char *mod = strndup(name, strlen(name) - strlen(".scale"));
+        NX_ALLOC_CHECK(mod, e, "a module name");
+        int64_t k = nx_strmap_get(&v->mod_names, mod);
+        free(mod);
+        *yes = k >= 0 && v->m[k].status == MOD_QUANT;
+        return NX_OK;
+    }
     if (*yes || v->fmt != FMT_CT || !ends_with(name, ".weight"))
         return NX_OK;
     char *mod = strndup(name, strlen(name) - strlen(".weight"));
@@ -321,6 +360,8 @@ static int source_rows_f32(vctx *v, int64_t si, int64_t r0, int64_t nr, exact_bu
 {
     const nx_st_tensor *s = v->src.t[si].st;
     int64_t n = nr * s->shape[1];
+    if (src_is_mxfp4(v, si))
+        return mxfp4_rows_f32(v, si, r0, nr, b->raw, b->w, e);
     if (v->src_enc.link[si].scale >= 0) {
         NX_TRY(fp8_rows_bf16(v, si, r0, nr, b->raw, b->bf, e));
         nx_widen_f32(b->bf, NX_DT_BF16, n, b->w);
@@ -419,7 +460,9 @@ static int64_t source_weight(vctx *v, const module *m, nx_err *e, int *rc)
     const nx_st_tensor *s = v->src.t[si].st;
     if (!m->layout_ok)
         return -1; /* T1/T2 already reported; shapes unknown */
-    if (s->ndim != 2 || s->shape[0] != m->rows || s->shape[1] != m->in ||
+    int64_t in = s->ndim == 2 && src_is_mxfp4(v, si) ? 2 * s->shape[1] : s->ndim == 2
+                 ? s->shape[1] : -1;
+    if (s->ndim != 2 || s->shape[0] != m->rows || in != m->in ||
         !(is_float_dtype(s->dtype) || v->src_enc.link[si].scale >= 0)) {
         nx_verify_shape_text(s, shape, sizeof shape);
         nx_violation(v, "T2", m->name, "quantized as [%lld, %lld] but the source weight is %s",

@@ -11,6 +11,7 @@
 #include "nvfp4x/calib.h"
 #include "nvfp4x/comm.h"
 #include "nvfp4x/journal.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/progress.h"
 #include "nvfp4x/report.h"
 #include "nvfp4x/util.h"
@@ -72,6 +73,7 @@ typedef struct writer {
     nx_quantize_fn kernel;               /* the fastest variant this CPU runs */
     nx_report_entry *rep;                /* --report: one entry per module quantized here */
     int64_t n_rep, cap_rep;
+    int64_t cast_blocks[2];              /* --cast-mxfp4: blocks cast here, lossless ones */
     uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
@@ -230,12 +232,11 @@ static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r,
 
 /* --report: statistics of the rows just quantized, against their float32 values. */
 static void report_rows(writer *wr, const void *src, nx_dtype dt, int64_t n, int64_t cols,
-                        int64_t q)
+                        float ws2)
 {
     if (src != wr->w)
         nx_widen_f32(src, dt, n * cols, wr->w);
-    nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales,
-                  nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
+    nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales, ws2);
 }
 
 static int report_begin(writer *wr, int64_t q, nx_err *e)
@@ -265,7 +266,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
     const nx_tensor *t = &wr->c->t[m->tensor];
     const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
     int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
-    size_t esz = nx_dtype_size(t->dtype);
+    uint64_t row_bytes = (uint64_t)t->shape[1] * nx_dtype_size(t->dtype);
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
         const void *src;
@@ -281,12 +282,79 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                     nx_source_path(wr->src, m->tensor), t->name, (long long)r,
                     (long long)(r + n - 1));
         if (wr->o->report)
-            report_rows(wr, src, dt, n, m->cols, q);
+            report_rows(wr, src, dt, n, m->cols, nx_weight_scale_2(wr->a->w[q],
+                                                                     wr->o->numerics));
         NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
-        wr->done += (uint64_t)(n * m->cols) * esz;
+        wr->done += (uint64_t)n * row_bytes;
+        nx_progress_poll(&wr->pg, wr->done);
+    }
+    return NX_OK;
+}
+
+/* --cast-mxfp4: rows [r0, r0+n) of an MXFP4 weight cast in closed form, threads splitting the
+ * rows. Returns the lossless blocks, or -1 when a value is not finite. */
+static int64_t cast_block_rows(writer *wr, const nx_mxfp4_cast *mc, const uint8_t *packed,
+                               const uint8_t *e8m0, int64_t n, int64_t cols)
+{
+    int nt = wr->o->threads;
+    int64_t lossless = 0, bad = 0;
+    #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : lossless, bad)
+    for (int t = 0; t < nt; t++) {
+        int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+        int64_t got = r1 > r0 ? nx_mxfp4_cast_rows(mc, packed + r0 * (cols / 2),
+                                                   e8m0 + r0 * (cols / NX_MXFP4_BLOCK), r1 - r0,
+                                                   cols, wr->codes + r0 * (cols / 2),
+                                                   wr->scales + r0 * (cols / NX_BLOCK)) : 0;
+        lossless += got > 0 ? got : 0;
+        bad += got < 0;
+    }
+    return bad ? -1 : lossless;
+}
+
+/* The tensor's own k_max (the window of its closed-form block amax) from all its scales. */
+static int own_kmax(writer *wr, const nx_tensor *t, int *k, nx_err *e)
+{
+    const nx_tensor *st = &wr->c->t[t->scale];
+    uint8_t *buf = malloc((size_t)st->nbytes + 1);
+    NX_ALLOC_CHECK(buf, e, "MXFP4 scales");
+    int rc = nx_source_read(wr->src, t->scale, 0, buf, (size_t)st->nbytes, e);
+    *k = nx_mxfp4_kmax(buf, (int64_t)st->nbytes);
+    free(buf);
+    return rc;
+}
+
+static int cast_rows(writer *wr, const nx_work *w, int64_t q, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    const nx_tensor *t = &wr->c->t[m->tensor];
+    const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
+    int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
+    uint8_t *packed = wr->raw, *e8m0 = packed + (size_t)(per * m->cols / 2);
+    nx_mxfp4_cast mc;
+    int k_window = NX_E8M0_NONE;
+    NX_TRY(own_kmax(wr, t, &k_window, e));
+    nx_mxfp4_cast_init(&mc, wr->a->k_shared[q], k_window);
+    for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
+        int64_t n = m->rows - r < per ? m->rows - r : per;
+        NX_TRY(nx_source_mxfp4_rows(wr->src, m->tensor, r, n, packed, e8m0, e));
+        int64_t lossless = cast_block_rows(wr, &mc, packed, e8m0, n, m->cols);
+        NX_ERROR_IF(lossless < 0, e, NX_EINPUT, "%s: tensor %s has a NaN scale (E8M0 0xFF) or "
+                    "values beyond float32 (rows %lld-%lld)", nx_source_path(wr->src,
+                    m->tensor), t->name, (long long)r, (long long)(r + n - 1));
+        wr->cast_blocks[0] += n * (m->cols / NX_MXFP4_BLOCK);
+        wr->cast_blocks[1] += lossless;
+        if (wr->o->report) {
+            nx_mxfp4_decode_rows(packed, e8m0, n, m->cols, wr->w);
+            report_rows(wr, wr->w, NX_DT_F32, n, m->cols, mc.ws2);
+        }
+        NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
+                         (size_t)(n * (m->cols / 2)), e));
+        NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
+                         (size_t)(n * (m->cols / NX_BLOCK)), e));
+        wr->done += (uint64_t)n * (uint64_t)t->shape[1];
         nx_progress_poll(&wr->pg, wr->done);
     }
     return NX_OK;
@@ -306,16 +374,20 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
     int rc = wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
     if (rc == NX_OK && wr->o->report)
         rc = report_begin(wr, q, e);
-    if (rc == NX_OK)
+    if (rc == NX_OK && wr->o->cast_mxfp4)
+        rc = cast_rows(wr, w, q, e);
+    else if (rc == NX_OK)
         rc = quantize_rows(wr, w, q, blocks, e);
     free(blocks);
     NX_TRY(rc);
     const nx_out *out = &wr->p->out[w->first];
-    NX_TRY(write_f32(wr, &out[2], global_scale(wr, nx_weight_scale_2(wr->a->w[q],
-                                                                      wr->o->numerics)), e));
+    float ws2 = wr->o->cast_mxfp4 ? ldexpf(1.0f, wr->a->k_shared[q] - 8)
+                                  : nx_weight_scale_2(wr->a->w[q], wr->o->numerics);
+    NX_TRY(write_f32(wr, &out[2], global_scale(wr, ws2), e));
     if (w->n_out > 3)
         NX_TRY(write_f32(wr, &out[3], global_scale(wr, nx_input_scale(wr->a->in[q],
-                                                                      wr->o->numerics)), e));
+                                                                      wr->o->input_numerics)),
+                         e));
     return NX_OK;
 }
 
@@ -333,6 +405,9 @@ static int produce(writer *wr, const nx_work *w, nx_err *e)
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
     int rc;
+    const nx_tensor *t = &wr->c->t[w->tensor];
+    if (t->scale >= 0 && wr->p->work_of[t->scale] < 0) /* its scales, read with it */
+        wr->done += wr->c->t[t->scale].nbytes;
     if (wr->k->qmod_of[w->tensor] >= 0)
         rc = quantize_tensor(wr, w, e);
     else if (wr->p->out[w->first].kind == NX_OUT_DEQUANT)
@@ -462,6 +537,9 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     nx_progress_finish(&wr.pg, rc != NX_OK);
     rc = writer_close(&wr, rc, e);
     rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK && o->cast_mxfp4 && o->cast_blocks) {
+        MPI_Allreduce(wr.cast_blocks, o->cast_blocks, 2, MPI_INT64_T, MPI_SUM, comm);
+    }
     if (rc == NX_OK && o->report)
         rc = nx_report_write(o->report, wr.rep, wr.n_rep, comm, e);
     for (int64_t i = 0; i < wr.n_rep; i++)

@@ -33,6 +33,8 @@ typedef struct nx_catalog {
     char model_type[64];
     int64_t num_hidden_layers;
     int64_t num_experts;   /* routed experts per MoE layer, 0 for a dense model */
+    int dsv4;              /* DeepSeek-V4 as released (family_dsv4.h): its own selection, layout
+                            * and configs */
     char encoding[192];    /* how the source stores its linears (encoding.h), for messages */
     int64_t n_encoded;     /* weights stored encoded (FP8), decoded to BF16 on read */
     uint64_t total_bytes;  /* sum of tensor bytes */
@@ -69,11 +71,16 @@ void nx_source_drop(nx_source *s, int64_t tensor);
 void nx_source_prefetch(nx_source *s, int64_t tensor);
 /* len bytes of the tensor's data starting at byte off within the tensor. */
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
-/* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an FP8
- * weight decoded as fl32(fp8 * scale) rounded to BF16 (what a user's FP8-to-BF16 conversion
- * gives); raw is scratch of nrows*cols*dtype-size bytes. */
+/* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, of an FP8 weight
+ * decoded as fl32(fp8 * scale) rounded to BF16 (what a user's FP8-to-BF16 conversion gives), or
+ * of an MXFP4 weight decoded exactly (nx_mxfp4_decode_rows: two elements per stored byte); raw
+ * is scratch of nrows*cols*dtype-size bytes (MXFP4: plus nrows*cols/16 for the scales). */
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e);
+/* Rows [row0, row0+nrows) of an MXFP4 weight as stored: packed (nrows * cols bytes, cols the
+ * stored columns) and e8m0 (nrows * cols/16 scale bytes). */
+int nx_source_mxfp4_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                         uint8_t *packed, uint8_t *e8m0, nx_err *e);
 /* The path of a tensor's file, for messages (static buffer per call). */
 const char *nx_source_path(const nx_source *s, int64_t tensor);
 void nx_source_close(nx_source *s);

@@ -15,6 +15,9 @@ typedef enum nx_kv_mode { NX_KV_AUTO, NX_KV_FP8, NX_KV_NONE } nx_kv_mode;
 typedef struct nx_export_opts {
     const char *model, *output, *calib;
     nx_numerics numerics;
+    int numerics_given; /* --numerics was given; else DeepSeek-V4 defaults to cpu (the
+                         * script's default device), everything else to gpu */
+    int cast_mxfp4;     /* --cast-mxfp4 (DeepSeek-V4) */
     nx_classify_opts classify;
     int weight_only;
     nx_format format;

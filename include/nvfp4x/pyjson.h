@@ -44,7 +44,8 @@ nx_pj *nx_pj_string(const char *s);
 nx_pj *nx_pj_int(int64_t v);
 /* Appends v to an array. Returns v, or NULL (v freed) on failure. */
 nx_pj *nx_pj_push(nx_pj *array, nx_pj *v);
-/* Appends member key: v to an object without looking for key (the caller knows it is new). */
+/* Appends member key: v to an object without looking for key (the caller knows it is new);
+ * v's own key, if it had one, is replaced. */
 nx_pj *nx_pj_append(nx_pj *object, const char *key, nx_pj *v);
 /* obj[key] = v as Python does: in place when the key exists, else appended. */
 nx_pj *nx_pj_set(nx_pj *object, const char *key, nx_pj *v);
@@ -52,6 +53,10 @@ nx_pj *nx_pj_set(nx_pj *object, const char *key, nx_pj *v);
 nx_pj *nx_pj_setdefault(nx_pj *object, const char *key, nx_pj *v);
 /* Removes and frees member key, if present. */
 void nx_pj_remove(nx_pj *object, const char *key);
+/* Unlinks member key and returns it (the caller owns it), or NULL. */
+nx_pj *nx_pj_detach(nx_pj *object, const char *key);
+/* Removes (and frees) the members or elements for which drop(member, arg) is non-zero. */
+void nx_pj_filter(nx_pj *container, int (*drop)(const nx_pj *member, void *arg), void *arg);
 nx_pj *nx_pj_get(const nx_pj *object, const char *key);
 
 /* json.dumps(v, indent=indent, sort_keys=sort_keys), NUL-terminated, *len its length. NULL when

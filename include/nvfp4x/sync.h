@@ -14,14 +14,17 @@
 
 typedef struct nx_amax {
     float *w;                /* per quantized module: resolved weight amax (group max) */
+    int32_t *k_shared;       /* --cast-mxfp4: per module, the k_max of its fused group (its
+                              * weight_scale_2 is 2^(k - 8)); NULL otherwise */
     float *in;               /* resolved input amax; unused with weight-only */
     uint8_t *w_from_weight;  /* fallback used: amax computed from the weight */
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
 } nx_amax;
 
-/* Tensors read here stay in memory for phase 6 as far as src's budget allows. */
+/* Tensors read here stay in memory for phase 6 as far as src's budget allows. cast
+ * (--cast-mxfp4): no weight amax is needed, the owners read the MXFP4 scales instead. */
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, nx_amax *a, MPI_Comm comm, nx_err *e);
+                 int weight_only, int cast, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);
 
 #endif

@@ -3,6 +3,9 @@
 
   nvfp4_ref.py vectors PATH.json
       Reproduce every case of the ModelOpt vector file bit for bit.
+  nvfp4_ref.py dsv4 --model SRC --calib F --output DST [--numerics cpu|gpu] [--cast]
+      The whole export of a DeepSeek-V4 release (FRONTIER.md 1.4) computed as ModelOpt's
+      quantize_to_nvfp4.py does, every file compared byte for byte.
   nvfp4_ref.py compare --model SRC --output DST [--calib F] [--numerics gpu|cpu]
                        [--quantize all|mlp|experts] [--exclude GLOB ...]
                        [--weight-only] [--kv-cache auto|fp8|none]
@@ -871,6 +874,264 @@ def _check_other_files(args, problems):
                     problems.append("%s: differs from the source" % entry)
 
 
+# --------------------------------------------------------------------------------------
+# DeepSeek-V4 as released, exported as ModelOpt's quantize_to_nvfp4.py does (FRONTIER.md 1.4)
+# --------------------------------------------------------------------------------------
+
+DSV4_EXPERT_RE = re.compile(r"^layers\.\d+\.ffn\.experts\.\d+\.w[123]\.weight$")
+DSV4_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+DSV4_EXCLUDE = ["*.attn.*", "*.ffn.shared_experts.*", "head", "mtp.*"]
+DSV4_PRODUCER = {"name": "modelopt", "version": "dsv4-nvfp4-experts"}
+DTYPE_RANK = {d: i for i, d in enumerate(
+    ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32",
+     "U32", "F32", "F64", "I64", "U64"])}
+
+
+def mxfp4_decode(packed, e8m0):
+    """I8/U8 [rows, cols/2] (element 2j in the low nibble) and E8M0 [rows, cols/32] -> float32
+    values e2m1(code) * 2^(e - 127), exact."""
+    p = np.frombuffer(packed.data, np.uint8).reshape(packed.shape)
+    e = np.frombuffer(e8m0.data, np.uint8).reshape(e8m0.shape).astype(np.int64)
+    rows = p.shape[0]
+    codes = np.empty((rows, 2 * p.shape[1]), np.uint8)
+    codes[:, 0::2], codes[:, 1::2] = p & 0xF, p >> 4
+    vals = E2M1_DECODE[codes].reshape(rows, e.shape[1], 32).astype(np.float64)
+    out = (vals * np.exp2(e - 127.0)[:, :, None]).astype(F32)   # exact
+    if not np.all(np.isfinite(out)):
+        raise RefError("MXFP4 weight with a NaN scale or values beyond float32")
+    return out.reshape(rows, -1), codes, e
+
+
+def cast_mxfp4(packed, e8m0, k_max):
+    """--cast_mxfp4_to_nvfp4: ws2 = 2^(k_max - 8); per 32-block amax = 6 * 2^k_j when
+    k_j - (k_own - 8) in [-9, 8] (k_own: this tensor's largest non-zero exponent, -127 when all
+    are zero) else max|code| * 2^k_j; S = e4m3(clamp(amax / fl(6 ws2), 2^-9, 448)) for both
+    16-halves; codes re-encoded from the values with fl(S * ws2). Returns (ws2, scale codes,
+    packed codes, blocks, lossless blocks)."""
+    w, codes, e = mxfp4_decode(packed, e8m0)
+    k = e - 127
+    nonzero = e > 0
+    k_own = int(k[nonzero].max()) if nonzero.any() else -127
+    ws2 = F32(2.0 ** (k_max - 8))
+    delta = k - (k_own - 8)
+    top = (codes & 7).reshape(w.shape[0], e.shape[1], 32).max(axis=2)
+    mag = np.array([0, .5, 1, 1.5, 2, 3, 4, 6], np.float64)[top]
+    pow2 = np.exp2(k.astype(np.float64))
+    amax = np.where((delta >= -9) & (delta <= 8), 6.0 * pow2, mag * pow2).astype(F32)
+    s = (amax / F32(F32(6) * ws2)).astype(F32)
+    s = np.minimum(np.maximum(s, TWO_M9), E4M3_MAX).astype(F32)
+    scodes = np.repeat(e4m3_encode(s), 2, axis=1)
+    lossless = int(np.count_nonzero((k >= k_max - 17) | (e == 0)))
+    return ws2, scodes, encode_elements(w, scodes, ws2), e.size, lossless
+
+
+def _dsv4_calib(path):
+    """The calibration file back in ModelOpt's V4 key form: {key: float32}."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.endswith("_quantizer/_amax"):
+                parts = name.split("/")
+                key = "%s_%s._amax" % (".".join(parts[:-2]), parts[-2])
+                out[key] = F32(np.asarray(obj[()], np.float32).reshape(-1)[0])
+        f.visititems(visit)
+    return out
+
+
+def _dsv4_amax(calib):
+    """The script's _load_merged_amax: w1/w3 fused (max) when both exist, then the input
+    fallback per projection over the calibrated experts outside MTP."""
+    merged = dict(calib)
+    for which in ("input", "weight"):
+        for key in list(merged):
+            if key.endswith("w1_%s_quantizer._amax" % which):
+                k3 = key.replace("w1_" + which, "w3_" + which)
+                if k3 in merged:
+                    merged[key] = merged[k3] = max(merged[key], merged[k3])
+    fallback = {}
+    for key, v in merged.items():
+        m = re.match(r"^(layers\.\d+|mtp\.\d+)\.ffn\.experts\.\d+\.(w[123])_input_quantizer", key)
+        if m and not m.group(1).startswith("mtp."):
+            fallback[m.group(2)] = max(fallback.get(m.group(2), v), v)
+    return merged, fallback
+
+
+def _dsv4_shard(tensors, amax, fallback, numerics, cast, stats):
+    """One shard as convert_shard writes it: (out tensors in insertion order, added, removed)."""
+    keys = sorted(tensors)
+    experts = [k for k in keys if DSV4_EXPERT_RE.match(k)]
+    pairs = {}
+    for k in experts:
+        base, proj = k[:-len(".weight")].rsplit(".", 1)
+        pairs.setdefault(base, {})[proj] = k[:-len(".weight")]
+    shared = {}  # expert path -> k_max (cast) or weight amax (default), w1/w3 pairs only
+    for paths in pairs.values():
+        if "w1" not in paths or "w3" not in paths:
+            continue
+        vals = []
+        for proj in ("w1", "w3"):
+            p = paths[proj]
+            if cast:
+                e = np.frombuffer(tensors[p + ".scale"].data, np.uint8)
+                vals.append(int(e[e > 0].max()) - 127 if (e > 0).any() else 0)
+            else:
+                a = amax.get(p + "_weight_quantizer._amax")
+                if a is None:
+                    values = mxfp4_decode(tensors[p + ".weight"], tensors[p + ".scale"])[0]
+                    a = F32(np.abs(values).max())
+                vals.append(a)
+        shared[paths["w1"]] = shared[paths["w3"]] = max(vals)
+    scales = {k[:-len(".weight")] + ".scale" for k in experts} & set(keys)
+    out, added, removed = {}, [], []
+    for key in keys:
+        if key in scales:
+            removed.append(key)
+            continue
+        if key not in experts:
+            out[key] = tensors[key]
+            continue
+        path = key[:-len(".weight")]
+        proj = path.rsplit(".", 1)[1]
+        in_amax = amax.get(path + "_input_quantizer._amax", fallback.get(proj))
+        if in_amax is None:
+            raise RefError("missing input amax for %s and no calibrated fallback" % path)
+        w, s = tensors[key], tensors[path + ".scale"]
+        rows, cols = w.shape[0], 2 * w.shape[1]
+        if cast:
+            e = np.frombuffer(s.data, np.uint8)
+            k_max = shared.get(path, int(e[e > 0].max()) - 127 if (e > 0).any() else 0)
+            ws2, scodes, packed, n, lossless = cast_mxfp4(w, s, k_max)
+            stats[0] += n
+            stats[1] += lossless
+        else:
+            values = mxfp4_decode(w, s)[0]
+            a = shared.get(path, amax.get(path + "_weight_quantizer._amax"))
+            if a is None:
+                a = F32(np.abs(values).max())
+            ws2, scodes, packed = quantize_dynamic(values, a, numerics)
+        out[key] = Tensor("U8", [rows, cols // 2], packed.tobytes())
+        out[path + ".weight_scale"] = Tensor("F8_E4M3", [rows, cols // 16], scodes.tobytes())
+        out[path + ".weight_scale_2"] = _scalar_f32(ws2)
+        out[path + ".input_scale"] = _scalar_f32(input_scale(in_amax, "cpu"))
+        added += [path + ".weight_scale", path + ".weight_scale_2", path + ".input_scale"]
+    return out, added, removed
+
+
+def safetensors_file(tensors):
+    """safetensors.torch.save_file(tensors) without metadata, as bytes."""
+    items = sorted(tensors.items(), key=lambda kv: (-DTYPE_RANK[kv[1].dtype], kv[0]))
+    header, off = {}, 0
+    for name, t in items:
+        header[name] = {"dtype": t.dtype, "shape": t.shape,
+                        "data_offsets": [off, off + len(t.data)]}
+        off += len(t.data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t.data for _, t in items)
+
+
+def _dsv4_aux(src, files):
+    """The script's _hard_link_aux: every other top-level file and directory; below it no
+    __pycache__, index or shard. nvfp4x also leaves out a top-level hf_quant_config.json and
+    any other .safetensors file."""
+    for item in sorted(os.listdir(src)):
+        full = os.path.join(src, item)
+        if item in ("model.safetensors.index.json", "config.json", ".cache",
+                    "hf_quant_config.json") or item.endswith(".safetensors"):
+            continue
+        if os.path.isfile(full):
+            files[item] = open(full, "rb").read()
+        elif os.path.isdir(full):
+            files[item + "/"] = None
+            for root, dirs, names in os.walk(full):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                rel = os.path.relpath(root, src)
+                files[rel + "/"] = None
+                for n in names:
+                    if n == "model.safetensors.index.json" or DSV4_SHARD_RE.match(n):
+                        continue
+                    files[os.path.join(rel, n)] = open(os.path.join(root, n), "rb").read()
+
+
+def dsv4_expected(src, calib_path, numerics, cast):
+    """{relative path: bytes (None for a directory)} of the whole export, and the cast counts."""
+    with open(os.path.join(src, "model.safetensors.index.json")) as f:
+        index = json.load(f)
+    amax, fallback = _dsv4_amax(_dsv4_calib(calib_path))
+    files, updates, stats = {}, {}, [0, 0]
+    for shard in sorted(n for n in os.listdir(src) if DSV4_SHARD_RE.match(n)):
+        tensors, _ = read_safetensors(os.path.join(src, shard))
+        out, added, removed = _dsv4_shard(tensors, amax, fallback, numerics, cast, stats)
+        files[shard] = safetensors_file(out)
+        updates[shard] = (added, removed)
+    weight_map = dict(index["weight_map"])
+    for shard, (added, removed) in updates.items():
+        for k in removed:
+            weight_map.pop(k, None)
+        for k in added:
+            weight_map[k] = shard
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": index.get("metadata", {}), "weight_map": weight_map}, indent=2).encode()
+    layers = sorted({k.rsplit(".", 3)[0] for _, (added, _) in updates.items() for k in added})
+    quant = {"quant_algo": "MIXED_PRECISION", "kv_cache_quant_algo": None, "group_size": 16,
+             "quantized_layers": {n: {"quant_algo": "NVFP4", "group_size": 16} for n in layers},
+             "exclude_modules": list(DSV4_EXCLUDE)}
+    files["hf_quant_config.json"] = json.dumps(
+        {"producer": dict(DSV4_PRODUCER), "quantization": quant}, indent=2).encode()
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    qc = cfg.get("quantization_config")
+    qc = qc if isinstance(qc, dict) else {}
+    fp4 = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}
+    qc.setdefault("activation_scheme", "dynamic")
+    qc["quant_method"] = "fp8"
+    qc.setdefault("weight_block_size", [128, 128])
+    qc.update(moe_quant_algo="NVFP4", producer=dict(DSV4_PRODUCER), quant_algo="MIXED_PRECISION",
+              kv_cache_quant_algo=None, group_size=16,
+              config_groups={"group_0": {"input_activations": dict(fp4), "weights": dict(fp4),
+                                         "targets": ["Linear"]}},
+              quantized_layers=quant["quantized_layers"])
+    qc.pop("exclude_modules", None)
+    qc["ignore"] = list(DSV4_EXCLUDE)
+    cfg["quantization_config"] = qc
+    files["config.json"] = (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
+    _dsv4_aux(src, files)
+    return files, stats
+
+
+def _tree(root):
+    out = {}
+    for dirpath, dirs, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel != ".":
+            out[rel + "/"] = None
+        for n in names:
+            out[os.path.normpath(os.path.join(rel, n))] = open(os.path.join(dirpath, n), "rb").read()
+    return out
+
+
+def compare_dsv4(args):
+    want, stats = dsv4_expected(args.model, args.calib, args.numerics, args.cast)
+    got = _tree(args.output)
+    problems = []
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            problems.append("%s: missing from the output" % name)
+        elif name not in want:
+            problems.append("%s: not expected in the output" % name)
+        elif want[name] != got[name]:
+            problems.append("%s: %d bytes differ from the expected %d"
+                            % (name, len(got[name] or b""), len(want[name] or b"")))
+    for p in problems[:20]:
+        print("dsv4: MISMATCH %s" % p)
+    if problems:
+        return 1
+    print("dsv4: %d files equal byte for byte%s" % (len(want), (
+        "; lossless MXFP4->NVFP4 blocks: %d/%d" % (stats[1], stats[0])) if args.cast else ""))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -889,8 +1150,16 @@ def main(argv=None):
     c.add_argument("--kv-cache", choices=("auto", "fp8", "none"), default="auto")
     c.add_argument("--format", choices=("modelopt", "compressed-tensors"), default="modelopt",
                    help="output layout to expect (default modelopt)")
+    d = sub.add_parser("dsv4", help="check a DeepSeek-V4 export, every file byte for byte")
+    d.add_argument("--model", required=True, help="the release-format source")
+    d.add_argument("--calib", required=True, help="calibration HDF5 file")
+    d.add_argument("--output", required=True, help="exporter output directory")
+    d.add_argument("--numerics", choices=("gpu", "cpu"), default="cpu")
+    d.add_argument("--cast", action="store_true", help="--cast-mxfp4")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "dsv4":
+            return compare_dsv4(args)
         if args.cmd == "vectors":
             n, failures = check_vectors(args.path)
             for f in failures:

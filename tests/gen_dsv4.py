@@ -22,7 +22,7 @@ leaves out).
 
 CALIB.h5 is nvfp4x's calibration schema for what ModelOpt's ptq.py records: per routed expert of
 the main layers w{1,2,3} input_quantizer/_amax and weight_quantizer/_amax (weight amax = max |W|
-of the decoded weight, times 1.0625 for some), except experts that saw no tokens (some in the
+of the decoded weight, for most of them times a random factor in [1, 1.1)), except experts that saw no tokens (some in the
 hash layers, one in a scored layer: they get no entry at all). --dumps writes the same
 statistics as ptq.py's torch.save files amax_dict_rank{r}-mp{N}.pt (experts spread over the N
 ranks, keys layers.L.ffn.experts.E.wX_{input|weight}_quantizer._amax, 0-d float32 tensors),
@@ -227,8 +227,8 @@ def calibration(rng, t):
             for proj in ("w1", "w2", "w3"):
                 mod = "layers.%d.ffn.experts.%d.%s" % (layer, e, proj)
                 w = np.float32(np.abs(t.experts[mod]).max())
-                if rng.random() < 0.3:
-                    w = np.float32(w * np.float32(1.0625))
+                if rng.random() < 0.6:  # a calibrated value that is not max |W| itself
+                    w = np.float32(w * np.float32(rng.uniform(1.0, 1.1)))
                 amax[mod + "_weight_quantizer._amax"] = w
                 amax[mod + "_input_quantizer._amax"] = np.float32(10.0 ** rng.uniform(-0.5, 1.3))
     return amax

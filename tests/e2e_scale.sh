@@ -2,7 +2,8 @@
 # Scale: `plan` on a checkpoint with exactly the shape of Kimi-K2 (61 layers, 384 experts,
 # ~70k tensors, 2.05 TB of BF16 in 64 shards whose data sections are holes) for 1024 ranks
 # succeeds, counts what the shape implies, and stays under 1 GB of memory. The time is printed,
-# not asserted.
+# not asserted. Then the same for DeepSeek-V4-Pro as released (61 layers x 384 MXFP4 experts,
+# 145116 tensors, ~860 GB in 64 shards, tests/gen_dsv4.py sparse): under 10 s and 1 GB.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir scale)
 K=$W/kimi
@@ -59,4 +60,38 @@ check "plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
 
 rm -rf "$K"
 check "sparse checkpoint deleted" test ! -e "$K"
+
+# DeepSeek-V4-Pro as released: every main-layer routed expert projection becomes four tensors
+# (its .scale dropped), the rest is copied, the 64 source shards are kept.
+V=$W/dsv4pro
+trap 'rm -rf "$K" "$V"' EXIT
+V_TENSORS=145116 V_QUANT=$((61 * 384 * 3)) V_GROUPS=$((61 * 384 * 2))
+V_OUT=$((V_TENSORS - V_QUANT + 3 * V_QUANT))
+check "generate DeepSeek-V4-Pro-shaped sparse checkpoint" \
+    "$NX_PYTHON" "$NX_TESTS/gen_dsv4.py" sparse --out "$V"
+rc=0
+/usr/bin/time -f '%e %M' -o "$W/v4time.txt" \
+    "$NX_BIN" plan --model "$V" --ranks 1024 >"$W/v4plan.txt" 2>"$W/v4plan.err" </dev/null || rc=$?
+read -r secs rss_kb < <(tail -n 1 "$W/v4time.txt" 2>/dev/null) || true
+echo "plan on the DeepSeek-V4-Pro shape, 1024 ranks: ${secs} s, peak RSS $((rss_kb / 1024)) MiB" \
+    "(exit $rc)"
+[ "$rc" -eq 0 ] || cat "$W/v4plan.err"
+v4has() { grep -qxF -- "$1" "$W/v4plan.txt" || { echo "missing line: $1"; return 1; }; }
+check "V4 plan exit status 0" test "$rc" -eq 0
+check "V4 plan names the model and its tensors" \
+    v4has "model: $V (deepseek_v4), $V_TENSORS tensors, 64 files"
+check "V4 plan: $V_QUANT quantized expert projections, $V_GROUPS groups, 3 fallback slots" \
+    v4has "quantized linears: $V_QUANT in $V_GROUPS fused groups; MoE expert slots: 3"
+check "V4 plan: 61 layers, 23424 experts, MTP experts kept" grep -q \
+    "^DeepSeek-V4: 61 main MoE layers, $V_QUANT routed expert projections to NVFP4 (23424 experts;.* 1152 MTP expert projections" \
+    "$W/v4plan.txt"
+check "V4 plan: $V_OUT output tensors in the 64 source shards" \
+    v4has "output: $V_OUT tensors in 64 shards"
+check "V4 plan: shard names kept" grep -q "^  model-00064-of-00064.safetensors  " "$W/v4plan.txt"
+check "V4 plan: bytes per rank for 1024 ranks" bash -c '
+    grep -qx "ranks: 1024" "$1" && grep -q "^  rank 1023: " "$1" && grep -q "^balance: " "$1"' \
+    _ "$W/v4plan.txt"
+check "V4 plan: under 10 s" awk -v s="${secs:-99}" 'BEGIN { exit !(s < 10) }'
+check "V4 plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
+rm -rf "$V"
 finish

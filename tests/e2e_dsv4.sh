@@ -98,6 +98,52 @@ ok &= all(t["layers.4.ffn.experts.%d.%s.weight" % (e, w)].dtype == "I8" and
 sys.exit(0 if ok else 1)
 EOF
 
+# verify's MIXED_PRECISION rules find what an engine would trip on (exit 1, the rule named).
+plant() { # plant CASE RULE NAME: a copy of the cast output with one defect; verify names it
+    local d="$W/planted-$1" rc=0
+    rm -rf "$d"
+    cp -r "$W/cast-np1" "$d"
+    "$NX_PYTHON" - "$1" "$d" <<'EOF'
+import json, os, sys
+sys.path.insert(0, os.environ["NX_TESTS"])
+from gen_checkpoint import write_safetensors
+from nvfp4_ref import read_safetensors
+case, d = sys.argv[1:]
+
+def edit(name, fn):
+    path = os.path.join(d, name)
+    doc = json.load(open(path))
+    fn(doc)
+    json.dump(doc, open(path, "w"), indent=2)
+
+def layers(doc):
+    return doc.get("quantization", doc.get("quantization_config"))["quantized_layers"]
+
+if case == "no-moe-algo":
+    edit("config.json", lambda c: c["quantization_config"].pop("moe_quant_algo"))
+elif case == "layer-unlisted":
+    edit("config.json", lambda c: layers(c).pop("layers.2.ffn.experts"))
+    edit("hf_quant_config.json", lambda c: layers(c).pop("layers.2.ffn.experts"))
+elif case == "layers-differ":
+    edit("hf_quant_config.json", lambda c: layers(c).pop("layers.0.ffn.experts"))
+elif case == "scale-f32":
+    index = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+    shard = os.path.join(d, index["weight_map"]["layers.0.attn.wkv.scale"])
+    tensors, meta = read_safetensors(shard)
+    tensors = {n: (t.dtype, t.shape, t.data) for n, t in tensors.items()}
+    tensors["layers.0.attn.wkv.scale"] = ("F32", [1, 2], bytes(8))
+    write_safetensors(shard, tensors, meta)
+EOF
+    "$NX_BIN" verify "$d" >"$d.out" 2>&1 || rc=$?
+    head -3 "$d.out"
+    [ "$rc" -eq 1 ] && grep -q "^$2 $3" "$d.out"
+}
+check "verify flags: quant_method fp8 without moe_quant_algo" plant no-moe-algo C3 config.json
+check "verify flags: quantized experts no quantized_layers entry covers" \
+    plant layer-unlisted E1 layers.2.ffn.experts.0.w1
+check "verify flags: quantized_layers differ between the files" plant layers-differ C1 config.json
+check "verify flags: an FP8 .scale that is not E8M0" plant scale-f32 T4 layers.0.attn.wkv.scale
+
 plan_ok() {
     local p="$W/plan.txt"
     "$NX_BIN" plan --model "$M" --calib "$CAL" --ranks 4 >"$p" 2>/dev/null &&

@@ -3,6 +3,8 @@
 calibration dumps of them.
 
   gen_dsv4.py small --out DIR --calib CALIB.h5 [--dumps DUMPDIR --mp N] [--seed N]
+  gen_dsv4.py sized --out DIR --calib CALIB.h5 [--dumps DUMPDIR] [--layers L] [--experts E]
+                    [--hidden H] [--inter I] [--vocab V]
   gen_dsv4.py sparse --out DIR [--layers L] [--experts E] [--shards K]
 
 small: a tiny V4 with every tensor kind of the release, DS-native names: FP8 linears (F8_E4M3
@@ -27,6 +29,9 @@ hash layers, one in a scored layer: they get no entry at all). --dumps writes th
 statistics as ptq.py's torch.save files amax_dict_rank{r}-mp{N}.pt (experts spread over the N
 ranks, keys layers.L.ffn.experts.E.wX_{input|weight}_quantizer._amax, 0-d float32 tensors),
 without needing torch (write_torch_dump).
+
+sized: the same layout with real data of a chosen size (default 4 layers + MTP, 96 experts of
+2048 x 1024, about 1.7 GB; one shard per layer), for benchmarks (tests/bench/device_v4.sh).
 
 sparse: the shape of V4-Pro (61 layers, 384 routed experts, MTP block: 145116 tensors, ~860 GB)
 in 64 shards whose data sections are holes: only header readers (catalog, classify, plan) can use
@@ -64,17 +69,20 @@ RATIOS = [0, 128, 4, 128, 4, 0]  # per main layer, then MTP
 # --------------------------------------------------------------------------------------
 
 class Tensors:
-    """(name, dtype, shape, bytes) in state-dict order, with the decoded MXFP4 experts."""
+    """(name, dtype, shape, bytes) in state-dict order, and max |W| of each MXFP4 expert."""
 
     def __init__(self, rng):
-        self.rng, self.items, self.experts = rng, [], {}
+        self.rng, self.items, self.amax = rng, [], {}
 
     def add(self, name, dtype, shape, data):
         self.items.append((name, dtype, list(shape), bytes(data)))
 
     def bf16(self, name, shape, scale=0.02):
-        x = self.rng.standard_normal(shape).astype(np.float32) * scale
-        self.add(name, "BF16", shape, gc.f32_to_bf16_bits(x).tobytes())
+        """Magnitudes in [2^(e-1), 2^e) about scale, random signs and mantissas (cheap bits:
+        the export copies these tensors)."""
+        raw = self.rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+        exp = np.uint16((int(np.floor(np.log2(scale))) + 127) << 7)
+        self.add(name, "BF16", shape, ((raw & np.uint16(0x807F)) | exp).astype("<u2").tobytes())
 
     def f32(self, name, shape, scale=0.1):
         self.add(name, "F32", shape, (self.rng.standard_normal(shape) * scale).astype("<f4"))
@@ -93,7 +101,7 @@ class Tensors:
         [rows, cols/32]; kind picks the special cases of the module docstring."""
         rng = self.rng
         nib = rng.integers(0, 16, size=(rows, cols), dtype=np.uint8)
-        nib[rng.random((rows, cols)) < 0.04] = 0x8  # -0
+        nib[rng.integers(0, 25, size=(rows, cols), dtype=np.uint8) == 0] = 0x8  # -0
         base = int(rng.integers(118, 126))
         e8m0 = (base + rng.integers(-3, 3, size=(rows, cols // 32))).astype(np.uint8)
         if kind == "low":        # w1 below its w3: the pair's k_max is w3's
@@ -111,9 +119,9 @@ class Tensors:
         packed = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
         self.add(module + ".weight", "I8", (rows, cols // 2), packed.tobytes())
         self.add(module + ".scale", "F8_E8M0", e8m0.shape, e8m0.tobytes())
-        values = E2M1[nib].reshape(rows, cols // 32, 32) * \
-            np.exp2(e8m0.astype(np.float32) - 127)[:, :, None]
-        self.experts[module] = values.reshape(rows, cols).astype(np.float32)
+        top = (nib & 7).reshape(rows, cols // 32, 32).max(axis=2)
+        self.amax[module] = np.float32((np.abs(E2M1[top]).astype(np.float64) *
+                                        np.exp2(e8m0.astype(np.float64) - 127)).max())
 
 
 def attention(t, p, ratio):
@@ -163,11 +171,12 @@ def block(t, p, layer, ratio, kinds):
         t.fp8(p + "ffn.shared_experts." + w, rows, cols)
 
 
-def build_small(rng):
+def build_small(rng, special=None):
     t = Tensors(rng)
     t.bf16("embed.weight", (VOCAB, H))
-    special = {1: {(0, "w1"): "zero"}, 3: {(1, "w1"): "low", (1, "w3"): "high"},
-               4: {(2, "w2"): "window", (3, "w1"): "window"}}
+    if special is None:
+        special = {1: {(0, "w1"): "zero"}, 3: {(1, "w1"): "low", (1, "w3"): "high"},
+                   4: {(2, "w2"): "window", (3, "w1"): "window"}}
     for layer in range(L):
         block(t, "layers.%d." % layer, layer, RATIOS[layer], special.get(layer, {}))
     t.bf16("norm.weight", (H,), 1.0)
@@ -226,7 +235,7 @@ def calibration(rng, t):
                 continue
             for proj in ("w1", "w2", "w3"):
                 mod = "layers.%d.ffn.experts.%d.%s" % (layer, e, proj)
-                w = np.float32(np.abs(t.experts[mod]).max())
+                w = t.amax[mod]
                 if rng.random() < 0.6:  # a calibrated value that is not max |W| itself
                     w = np.float32(w * np.float32(rng.uniform(1.0, 1.1)))
                 amax[mod + "_weight_quantizer._amax"] = w
@@ -346,14 +355,22 @@ def shard_of(name):
     return 0 if name.startswith("embed") else 2
 
 
-def write_small(out, t):
+def shard_by_layer(name):
+    """One shard per main layer (embed with the first), the rest in a last one: an expert's
+    tensors always share a shard, as the script needs to pair w1 with w3."""
+    if name.startswith("layers."):
+        return int(name.split(".")[1])
+    return 0 if name.startswith("embed") else L
+
+
+def write_small(out, t, n_shards=3, shard=shard_of):
     os.makedirs(out)
-    files = ["model-%05d-of-00003.safetensors" % (k + 1) for k in range(3)]
+    files = ["model-%05d-of-%05d.safetensors" % (k + 1, n_shards) for k in range(n_shards)]
     parts = [dict() for _ in files]
     weight_map = {}
-    for k in range(3):  # state-dict order, shard by shard: not sorted
+    for k in range(n_shards):  # state-dict order, shard by shard: not sorted
         for name, dtype, shape, data in t.items:
-            if shard_of(name) == k:
+            if shard(name) == k:
                 parts[k][name] = (dtype, shape, data)
                 weight_map[name] = files[k]
     for f, part in zip(files, parts):
@@ -374,12 +391,32 @@ def write_small(out, t):
         "inference/model.py": "# reference inference (fixture)\n",
         "inference/__pycache__/model.cpython-311.pyc": "stale",
         "inference/empty/.keep": "",
-        ".cache/huggingface/download/model-00001-of-00003.safetensors.metadata": "x",
+        ".cache/huggingface/download/model-00001-of-%05d.safetensors.metadata" % n_shards: "x",
     }
     for rel, text in aux.items():
         os.makedirs(os.path.dirname(os.path.join(out, rel)) or out, exist_ok=True)
         with open(os.path.join(out, rel), "w") as f:
             f.write(text)
+
+
+def sized(args):
+    """A V4-shaped checkpoint of real data, for timing: V4-Flash's attention shape scaled down,
+    --experts routed experts of --hidden x --inter in --layers main layers and the MTP block."""
+    global H, L, E, INTER, VOCAB, Q_LORA, HEADS, HEAD_DIM, O_GROUPS, O_LORA, RATIOS
+    H, L, E, INTER, VOCAB = args.hidden, args.layers, args.experts, args.inter, args.vocab
+    Q_LORA, HEADS, HEAD_DIM, O_GROUPS, O_LORA = 512, 16, 128, 4, 512
+    RATIOS = [0] + [128 if i % 2 else 4 for i in range(1, L)] + [0]
+    rng = np.random.default_rng(args.seed)
+    t = build_small(rng, special={})
+    amax = calibration(rng, t)
+    write_small(args.out, t, L + 1, shard_by_layer)
+    gc.write_calibration(args.calib, h5_datasets(amax))
+    if args.dumps:
+        write_dumps(args.dumps, amax, args.mp)
+    total = sum(len(d) for _, _, _, d in t.items)
+    print("gen_dsv4: %s: %d tensors, %.2f GB in %d shards (%d x %d experts); %s: %d datasets"
+          % (args.out, len(t.items), total / 1e9, L + 1, L + 1, E, args.calib, len(amax)))
+    return 0
 
 
 def small(args):
@@ -535,13 +572,24 @@ def main(argv=None):
     s.add_argument("--dumps", help="also write ptq.py's amax_dict_rank{r}-mp{N}.pt here")
     s.add_argument("--mp", type=int, default=2)
     s.add_argument("--seed", type=int, default=0)
+    z = sub.add_parser("sized", help="real data of a chosen size, for benchmarks")
+    z.add_argument("--out", required=True)
+    z.add_argument("--calib", required=True)
+    z.add_argument("--dumps")
+    z.add_argument("--mp", type=int, default=2)
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--layers", type=int, default=4)
+    z.add_argument("--experts", type=int, default=96)
+    z.add_argument("--hidden", type=int, default=2048)
+    z.add_argument("--inter", type=int, default=1024)
+    z.add_argument("--vocab", type=int, default=32768)
     p = sub.add_parser("sparse", help="V4-Pro's shape with holes for data")
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=61)
     p.add_argument("--experts", type=int, default=384)
     p.add_argument("--shards", type=int, default=64)
     args = ap.parse_args(argv)
-    return small(args) if args.cmd == "small" else sparse(args)
+    return {"small": small, "sized": sized, "sparse": sparse}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,10 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld encoded weights (decoded on read where quantized%s)",
-        pl->cat.encoding, (long long)pl->cat.n_encoded,
-        pl->cat.dsv4 ? ", else copied as stored" : ", else written as BF16");
+    say(pl, "source encoding: %s; %lld encoded weights%s", pl->cat.encoding,
+        (long long)pl->cat.n_encoded, pl->cat.n_encoded == 0 ? ""
+        : pl->cat.dsv4 ? " (decoded on read where quantized, else copied as stored)"
+                       : " (decoded on read; written as BF16 where not quantized)");
     const nx_export_opts *o = pl->o;
     /* DeepSeek-V4: ModelOpt's script runs on the CPU unless told otherwise. */
     pl->numerics = o->numerics_given || !pl->cat.dsv4 ? o->numerics : NX_NUMERICS_CPU;

@@ -234,28 +234,22 @@ int nx_dsv4_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes 
     return rc;
 }
 
+static char **quantized_layers(const nx_catalog *c, const nx_classes *k, int64_t *n);
+
 void nx_dsv4_describe(const nx_catalog *c, const nx_classes *k, char *buf, size_t len)
 {
-    nx_strmap layers = { 0 };
-    int64_t mtp = 0;
-    size_t clen;
-    if (nx_strmap_init(&layers, 64) == 0)
-        for (int64_t i = 0; i < k->n_q; i++) {
-            char *layer = strndup(c->t[k->q[i].tensor].name, 64);
-            if (layer && expert_proj(c->t[k->q[i].tensor].name, &clen) >= 0) {
-                layer[clen < 64 ? clen : 63] = '\0';
-                nx_strmap_put(&layers, layer, 0);
-            }
-            free(layer);
-        }
+    int64_t n_layers = 0, mtp = 0;
+    char **layers = quantized_layers(c, k, &n_layers);
+    for (int64_t i = 0; layers && i < n_layers; i++)
+        free(layers[i]);
+    free(layers);
     for (int64_t i = 0; i < c->n; i++)
         mtp += is_weight_2d(&c->t[i]) && strncmp(c->t[i].name, "mtp.", 4) == 0 &&
                strstr(c->t[i].name, ".ffn.experts.") && c->t[i].scale >= 0;
-    snprintf(buf, len, "DeepSeek-V4: %zu main MoE layers, %lld routed expert projections to "
+    snprintf(buf, len, "DeepSeek-V4: %lld main MoE layers, %lld routed expert projections to "
              "NVFP4 (%lld experts; w1 and w3 share weight_scale_2 and input_scale); %lld MTP "
-             "expert projections and every other tensor copied as stored", layers.len,
+             "expert projections and every other tensor copied as stored", (long long)n_layers,
              (long long)k->n_q, (long long)(k->n_q / 3), (long long)mtp);
-    nx_strmap_free(&layers);
 }
 
 /* ---- Phase 7: the JSON files -------------------------------------------------------------- */

@@ -3,7 +3,8 @@
 # ~70k tensors, 2.05 TB of BF16 in 64 shards whose data sections are holes) for 1024 ranks
 # succeeds, counts what the shape implies, and stays under 1 GB of memory. The time is printed,
 # not asserted. Then the same for DeepSeek-V4-Pro as released (61 layers x 384 MXFP4 experts,
-# 145116 tensors, ~860 GB in 64 shards, tests/gen_dsv4.py sparse): under 10 s and 1 GB.
+# 145116 tensors, ~860 GB in 64 shards, tests/gen_dsv4.py sparse): under 10 s (asserted in
+# optimized builds without sanitizers) and 1 GB.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir scale)
 K=$W/kimi
@@ -91,7 +92,12 @@ check "V4 plan: shard names kept" grep -q "^  model-00064-of-00064.safetensors  
 check "V4 plan: bytes per rank for 1024 ranks" bash -c '
     grep -qx "ranks: 1024" "$1" && grep -q "^  rank 1023: " "$1" && grep -q "^balance: " "$1"' \
     _ "$W/v4plan.txt"
-check "V4 plan: under 10 s" awk -v s="${secs:-99}" 'BEGIN { exit !(s < 10) }'
+# The time is asserted for an optimized build without sanitizers (they make it 20x slower).
+if "$NX_BIN" --version | grep -qE '^build: (Release|RelWithDebInfo), [^,]*$'; then
+    check "V4 plan: under 10 s" awk -v s="${secs:-99}" 'BEGIN { exit !(s < 10) }'
+else
+    echo "V4 plan time not asserted: $("$NX_BIN" --version | grep '^build:')"
+fi
 check "V4 plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
 rm -rf "$V"
 finish

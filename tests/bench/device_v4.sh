@@ -247,6 +247,12 @@ for mode in default cast; do
     mo_run "$mode"
     echo "  $mode: nvfp4x (np=16) vs ModelOpt: $(compare "$mode")" >>"$FIG"
 done
+t0=$(date +%s.%N)
+mpirun --mca pml ob1 --mca btl self,vader -np 16 "$NX" verify "$W/nx-cast-np16" --model "$W/model" \
+    >"$OUT/verify.log" 2>&1
+vrc=$?
+row "nvfp4x verify --model, np=16" "$(awk -v a="$t0" -v b="$(date +%s.%N)" \
+    'BEGIN { printf "%.1f", b - a }')" "" "exit $vrc"
 grep -h '\[cast\]' "$OUT/nx-cast-np16.log" "$OUT/modelopt-cast.log" >>"$FIG" 2>/dev/null
 echo "total $(( $(date +%s) - T0 )) s (build included)" >>"$FIG"
 cat "$FIG"

@@ -4,7 +4,7 @@ NX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NX_PY=/usr/bin/python3
 [ -x "$NX_PY" ] || NX_PY=$(command -v python3)
 NX_PACKAGES="cmake make gcc pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev \
-libcjson-dev python3-numpy python3-h5py"
+libcjson-dev zlib1g-dev python3-numpy python3-h5py"
 # Tests also build against serial HDF5, which other clusters have; e2e_install makes and installs
 # the .deb (dpkg-shlibdeps) and renders the man page.
 NX_TEST_PACKAGES="libhdf5-dev time dpkg-dev man-db groff-base"
@@ -16,7 +16,7 @@ fi
 
 nx_have_deps() {
     command -v cmake >/dev/null && command -v mpicc >/dev/null && command -v mpirun >/dev/null &&
-        pkg-config --exists libcjson 2>/dev/null &&
+        pkg-config --exists libcjson 2>/dev/null && [ -e /usr/include/zlib.h ] &&
         { [ -n "$(ls /usr/include/hdf5/*/hdf5.h /usr/include/hdf5.h 2>/dev/null)" ]; } &&
         "$NX_PY" -c 'import numpy, h5py' 2>/dev/null
 }

@@ -10,7 +10,6 @@
 #include "nvfp4x/comm.h"
 #include "nvfp4x/encoding.h"
 #include "nvfp4x/family_dsv4.h"
-#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 
 int64_t nx_tensor_elems(const nx_tensor *t)
@@ -21,9 +20,14 @@ int64_t nx_tensor_elems(const nx_tensor *t)
     return n;
 }
 
+int64_t nx_tensor_cols(const nx_tensor *t)
+{
+    return t->codec == NX_CODEC_MXFP4 ? 2 * t->shape[1] : t->shape[1];
+}
+
 uint64_t nx_tensor_out_bytes(const nx_tensor *t)
 {
-    return t->scale >= 0 ? (uint64_t)nx_tensor_elems(t) * 2 : t->nbytes;
+    return t->scale >= 0 ? (uint64_t)t->shape[0] * (uint64_t)nx_tensor_cols(t) * 2 : t->nbytes;
 }
 
 int64_t nx_catalog_find(const nx_catalog *c, const char *name)
@@ -222,8 +226,81 @@ static int index_tensors(nx_catalog *c, const nx_strmap *expect, const char *ind
     return NX_OK;
 }
 
-/* The source encoding (encoding.h): decoded weights get their scale tensor and tile, scale
- * tensors and static activation scales are consumed. */
+static int source_read_cb(void *ctx, int64_t tensor, uint64_t off, void *buf, size_t len,
+                              nx_err *e)
+{
+    return nx_source_read(ctx, tensor, off, buf, len, e);
+}
+
+static const nx_tensor *g_sort_t;
+
+static int cmp_tensor_index(const void *a, const void *b)
+{
+    return nx_natural_cmp(g_sort_t[*(const int64_t *)a].name,
+                          g_sort_t[*(const int64_t *)b].name);
+}
+
+/* Natural name order again after INT4 weights took their linears' names; scale indices
+ * follow the move. */
+static int resort(nx_catalog *c, nx_err *e)
+{
+    int64_t *ord = malloc(((size_t)c->n + 1) * sizeof *ord);
+    int64_t *pos = malloc(((size_t)c->n + 1) * sizeof *pos);
+    nx_tensor *t = malloc(((size_t)c->n + 1) * sizeof *t);
+    if (!ord || !pos || !t) {
+        free(ord), free(pos), free(t);
+        return nx_err_set(e, NX_EIO, "out of memory sorting the catalog");
+    }
+    for (int64_t i = 0; i < c->n; i++)
+        ord[i] = i;
+    g_sort_t = c->t;
+    qsort(ord, (size_t)c->n, sizeof *ord, cmp_tensor_index);
+    for (int64_t i = 0; i < c->n; i++) {
+        t[i] = c->t[ord[i]];
+        pos[ord[i]] = i;
+    }
+    for (int64_t i = 0; i < c->n; i++)
+        t[i].scale = t[i].scale >= 0 ? pos[t[i].scale] : -1;
+    free(c->t);
+    c->t = t;
+    free(ord);
+    free(pos);
+    nx_strmap_free(&c->by_name);
+    NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
+    for (int64_t i = 0; i < c->n; i++)
+        NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) != 0, e, NX_EINPUT,
+                    "%s: two tensors are named %s once decoded", c->dir, c->t[i].name);
+    return NX_OK;
+}
+
+/* The decisions of encoding.h: encoded weights get their decoder, scale tensor and tile, an
+ * INT4 weight its linear's name and shape; scales and weight shapes are consumed. */
+static int apply_encoding(nx_catalog *c, const nx_encoding *enc, nx_err *e)
+{
+    int renamed = 0;
+    for (int64_t i = 0; i < c->n; i++) {
+        nx_tensor *t = &c->t[i];
+        const nx_enc_link *l = &enc->link[i];
+        t->scale = l->scale;
+        memcpy(t->tile, l->tile, sizeof t->tile);
+        t->codec = l->codec;
+        t->consumed = l->dropped;
+        if (l->codec != NX_CODEC_INT4)
+            continue;
+        char *name = nx_enc_weight_name(t->name, l);
+        NX_ALLOC_CHECK(name, e, "a tensor name");
+        free(t->name);
+        t->name = name;
+        t->shape[0] = l->shape[0];
+        t->shape[1] = l->shape[1];
+        renamed = 1;
+    }
+    snprintf(c->encoding, sizeof c->encoding, "%s", enc->what);
+    c->n_encoded = enc->n_encoded;
+    return renamed ? resort(c, e) : NX_OK;
+}
+
+/* The source encoding (encoding.h), decided on the rank that loads the catalog. */
 static int link_encoding(nx_catalog *c, nx_err *e)
 {
     nx_enc_tensor *in = malloc(((size_t)c->n + 1) * sizeof *in);
@@ -231,20 +308,17 @@ static int link_encoding(nx_catalog *c, nx_err *e)
     for (int64_t i = 0; i < c->n; i++)
         in[i] = (nx_enc_tensor){ c->t[i].name, c->t[i].dtype, c->t[i].ndim, c->t[i].shape };
     cJSON *cfg = parse_json(c->config_text);
-    nx_encoding enc;
-    int rc = nx_encoding_detect(c->dir, cfg, in, c->n, &enc, e);
-    for (int64_t i = 0; rc == NX_OK && i < c->n; i++) {
-        c->t[i].scale = enc.link[i].scale;
-        memcpy(c->t[i].tile, enc.link[i].tile, sizeof c->t[i].tile);
-        c->t[i].consumed = enc.link[i].dropped;
-    }
-    if (rc == NX_OK) {
-        snprintf(c->encoding, sizeof c->encoding, "%s", enc.what);
-        c->n_encoded = enc.n_encoded;
-    }
+    nx_source src;
+    nx_encoding enc = { 0 };
+    int rc = nx_source_open(&src, c, 0, e);
+    if (rc == NX_OK)
+        rc = nx_encoding_detect(c->dir, cfg, in, c->n, source_read_cb, &src, &enc, e);
+    nx_source_close(&src);
+    free(in);
+    if (rc == NX_OK)
+        rc = apply_encoding(c, &enc, e);
     nx_encoding_free(&enc);
     cJSON_Delete(cfg);
-    free(in);
     return rc;
 }
 
@@ -291,6 +365,8 @@ static void pack_catalog(const nx_catalog *c, nx_buf *b)
     nx_buf_put(b, c->model_type, sizeof c->model_type);
     nx_buf_put_u64(b, (uint64_t)c->num_hidden_layers);
     nx_buf_put_u64(b, (uint64_t)c->num_experts);
+    nx_buf_put(b, c->encoding, sizeof c->encoding);
+    nx_buf_put_u64(b, (uint64_t)c->n_encoded);
     nx_buf_put_u64(b, (uint64_t)c->n_files);
     for (int32_t f = 0; f < c->n_files; f++)
         nx_buf_put_str(b, c->files[f]);
@@ -299,11 +375,17 @@ static void pack_catalog(const nx_catalog *c, nx_buf *b)
         const nx_tensor *t = &c->t[i];
         nx_buf_put_str(b, t->name);
         nx_buf_put_u64(b, (uint64_t)t->dtype | (uint64_t)t->ndim << 8 |
-                              (uint64_t)(uint32_t)t->file << 16);
+                              (uint64_t)t->codec << 16 | (uint64_t)t->consumed << 24 |
+                              (uint64_t)(uint32_t)t->file << 32);
         for (int d = 0; d < t->ndim; d++)
             nx_buf_put_u64(b, (uint64_t)t->shape[d]);
         nx_buf_put_u64(b, t->offset);
         nx_buf_put_u64(b, t->nbytes);
+        nx_buf_put_u64(b, (uint64_t)t->scale);
+        if (t->scale >= 0) {
+            nx_buf_put_u64(b, (uint64_t)t->tile[0]);
+            nx_buf_put_u64(b, (uint64_t)t->tile[1]);
+        }
     }
 }
 
@@ -317,6 +399,9 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     c->dsv4 = nx_dsv4_is(c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
+    nx_buf_get(b, c->encoding, sizeof c->encoding);
+    c->encoding[sizeof c->encoding - 1] = '\0';
+    c->n_encoded = (int64_t)nx_buf_get_u64(b);
     int32_t nf = (int32_t)nx_buf_get_u64(b);
     c->files = calloc((size_t)nf + 1, sizeof *c->files);
     NX_ALLOC_CHECK(c->files, e, "the shard list");
@@ -331,18 +416,25 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
         uint64_t packed = nx_buf_get_u64(b);
         t->dtype = (nx_dtype)(packed & 0xFF);
         t->ndim = (int)((packed >> 8) & 0xFF);
-        t->file = (int32_t)(packed >> 16);
+        t->codec = (uint8_t)((packed >> 16) & 0xFF);
+        t->consumed = (uint8_t)((packed >> 24) & 0xFF);
+        t->file = (int32_t)(packed >> 32);
         for (int d = 0; d < t->ndim && d < NX_MAX_DIMS; d++)
             t->shape[d] = (int64_t)nx_buf_get_u64(b);
         t->offset = nx_buf_get_u64(b);
         t->nbytes = nx_buf_get_u64(b);
+        t->scale = (int64_t)nx_buf_get_u64(b);
+        if (t->scale >= 0) {
+            t->tile[0] = (int64_t)nx_buf_get_u64(b);
+            t->tile[1] = (int64_t)nx_buf_get_u64(b);
+        }
         c->total_bytes += t->nbytes;
     }
     NX_ERROR_IF(b->failed, e, NX_EIO, "the broadcast catalog is damaged or memory ran out");
     NX_ERROR_IF(nx_strmap_init(&c->by_name, (size_t)c->n), e, NX_EIO, "out of memory");
     for (int64_t i = 0; i < c->n; i++)
         NX_ERROR_IF(nx_strmap_put(&c->by_name, c->t[i].name, i) < 0, e, NX_EIO, "out of memory");
-    return link_encoding(c, e);
+    return NX_OK;
 }
 
 int nx_catalog_load_bcast(const char *dir, nx_catalog *c, MPI_Comm comm, nx_err *e)
@@ -428,58 +520,28 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
     return rc;
 }
 
-/* Rows [row0, row0+nrows) of an FP8 weight: RNE_bf16(fl32(fp8 * scale)) (encoding.h). */
-static int fp8_rows_f32(nx_source *s, const nx_tensor *t, int64_t row0, int64_t nrows,
-                        float *dst, const uint8_t *q, nx_err *e)
+nx_dec_weight nx_source_weight(const nx_catalog *c, int64_t tensor)
 {
-    const nx_tensor *st = &s->c->t[t->scale];
-    int64_t first, count, scols = nx_enc_scale_cols(t->tile, t->shape[1]);
-    nx_enc_scale_rows(t->tile, row0, nrows, &first, &count);
-    size_t esz = nx_dtype_size(st->dtype), n = (size_t)(count * scols);
-    float *scale = malloc(n * (sizeof *scale + esz));
-    NX_ALLOC_CHECK(scale, e, "FP8 scales");
-    void *raw = scale + n;
-    int rc = nx_source_read(s, t->scale, (uint64_t)(first * scols) * esz, raw, n * esz, e);
-    if (rc == NX_OK && st->dtype == NX_DT_F8_E8M0) /* DeepSeek-V4: 2^(b-127) per tile */
-        nx_e8m0_widen(raw, (int64_t)n, scale);
-    else if (rc == NX_OK && nx_widen_f32(raw, st->dtype, (int64_t)n, scale) != 0)
-        rc = nx_err_set(e, NX_EINPUT, "%s: scale tensor %s has dtype %s", nx_source_path(s,
-                        t->scale), st->name, nx_dtype_name(st->dtype));
-    if (rc == NX_OK)
-        nx_fp8_decode_rows(q, row0, nrows, t->shape[1], scale, scols, t->tile, dst, NULL);
-    free(scale);
-    return rc;
+    const nx_tensor *t = &c->t[tensor];
+    nx_dec_weight w = { t->name, (nx_codec)t->codec, t->dtype, t->shape[0], nx_tensor_cols(t),
+                        t->scale, NX_DT_F32, { t->tile[0], t->tile[1] } };
+    if (t->scale >= 0)
+        w.scale_dtype = c->t[t->scale].dtype;
+    return w;
 }
 
-int nx_source_mxfp4_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
-                         uint8_t *packed, uint8_t *e8m0, nx_err *e)
+int nx_source_stored_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                          void *data, void *scales, nx_err *e)
 {
-    const nx_tensor *t = &s->c->t[tensor];
-    uint64_t cols = (uint64_t)t->shape[1], scols = 2 * cols / NX_MXFP4_BLOCK;
-    NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * cols, packed, (size_t)(nrows * cols), e));
-    return nx_source_read(s, t->scale, (uint64_t)row0 * scols, e8m0, (size_t)nrows * scols, e);
+    nx_dec_weight w = nx_source_weight(s->c, tensor);
+    return nx_dec_read_stored(source_read_cb, s, tensor, &w, row0, nrows, data, scales, e);
 }
 
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e)
 {
-    const nx_tensor *t = &s->c->t[tensor];
-    if (t->scale >= 0 && nx_mxfp4_dtype(t->dtype)) {
-        uint8_t *packed = raw, *e8m0 = packed + nrows * t->shape[1];
-        NX_TRY(nx_source_mxfp4_rows(s, tensor, row0, nrows, packed, e8m0, e));
-        nx_mxfp4_decode_rows(packed, e8m0, nrows, 2 * t->shape[1], dst);
-        return NX_OK;
-    }
-    size_t esz = nx_dtype_size(t->dtype);
-    uint64_t row_bytes = (uint64_t)t->shape[1] * esz;
-    NX_TRY(nx_source_read(s, tensor, (uint64_t)row0 * row_bytes, raw,
-                          (size_t)((uint64_t)nrows * row_bytes), e));
-    if (t->scale >= 0)
-        return fp8_rows_f32(s, t, row0, nrows, dst, raw, e);
-    NX_ERROR_IF(nx_widen_f32(raw, t->dtype, nrows * t->shape[1], dst) != 0, e, NX_EINPUT,
-                "%s: tensor %s has dtype %s; quantized weights must be BF16, F16 or F32",
-                nx_source_path(s, tensor), t->name, nx_dtype_name(t->dtype));
-    return NX_OK;
+    nx_dec_weight w = nx_source_weight(s->c, tensor);
+    return nx_decode_rows(source_read_cb, s, tensor, &w, row0, nrows, raw, dst, NULL, e);
 }
 
 int nx_source_keep(nx_source *s, int64_t tensor, int *kept, nx_err *e)

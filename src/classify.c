@@ -85,22 +85,6 @@ static int is_moe_block(const char *t)
     return strcmp(t, "mlp") == 0 || strcmp(t, "block_sparse_moe") == 0;
 }
 
-static int is_router(const tokens *tk)
-{
-    const char *last = tk->t[tk->n - 1];
-    if (strcmp(last, "router") == 0 || strcmp(last, "shared_expert_gate") == 0)
-        return 1;
-    return strcmp(last, "gate") == 0 && tk->n >= 2 && is_moe_block(tk->t[tk->n - 2]);
-}
-
-static int is_vision(const tokens *tk)
-{
-    for (int i = 0; i < tk->n; i++)
-        if (strncmp(tk->t[i], "vision", 6) == 0 || strcmp(tk->t[i], "visual") == 0)
-            return 1;
-    return 0;
-}
-
 /* Position of "experts" in <moe-block>.experts.<E>.<proj>, or -1. */
 static int expert_pos(const tokens *tk)
 {
@@ -111,16 +95,11 @@ static int expert_pos(const tokens *tk)
     return -1;
 }
 
-static int policy_wants(nx_policy p, const tokens *tk, int expert)
+/* Multi-token prediction: decoder layers at or past num_hidden_layers (DeepSeek, GLM), or
+ * the root mtp module (Qwen3-Next). */
+static int is_mtp(const nx_catalog *c, const tokens *tk)
 {
-    int attn = find_token(tk, "self_attn") >= 0;
-    int mlp = find_token(tk, "mlp") >= 0 || find_token(tk, "block_sparse_moe") >= 0;
-    switch (p) {
-    case NX_POLICY_ALL: return attn || mlp;
-    case NX_POLICY_MLP: return mlp;
-    case NX_POLICY_EXPERTS: return expert;
-    }
-    return 0;
+    return layer_of(tk) >= c->num_hidden_layers || strcmp(tk->t[0], "mtp") == 0;
 }
 
 static int matches_glob(const nx_classify_opts *o, const char *name)
@@ -175,6 +154,15 @@ char *nx_qmod_name(const nx_catalog *c, const nx_qmod *q)
     return module_of(c->t[q->tensor].name);
 }
 
+static void warn_left_out(modinfo *m, FILE *warn, int64_t *n_warn, const char *why)
+{
+    m->quant = 0;
+    (*n_warn)++;
+    if (warn)
+        fprintf(warn, "nvfp4x: warning: %s left unquantized: %s (listed in exclude_modules)\n",
+                m->name, why);
+}
+
 static int describe(const nx_catalog *c, const nx_classify_opts *o, modinfo *m, FILE *warn,
                     int64_t *n_warn, nx_err *e)
 {
@@ -183,24 +171,25 @@ static int describe(const nx_catalog *c, const nx_classify_opts *o, modinfo *m, 
     NX_ALLOC_CHECK(m->name, e, "a module name");
     tokens tk;
     split(m->name, &tk);
-    int64_t layer = layer_of(&tk);
-    int mtp = layer >= c->num_hidden_layers;
     int ep = expert_pos(&tk);
     m->expert = ep >= 0;
     if (m->expert) {
-        m->moe = join(&tk, ep - 1 + 1);
+        m->moe = join(&tk, ep);
         NX_ALLOC_CHECK(m->moe, e, "a module name");
         const char *proj = tk.t[ep + 2];
         m->slot_kind = !strcmp(proj, "down_proj") || !strcmp(proj, "w2");
     }
-    m->quant = policy_wants(o->policy, &tk, m->expert) && !is_router(&tk) && !mtp &&
-               !is_vision(&tk) && !matches_glob(o, m->name);
-    if (m->quant && t->shape[1] % 16 != 0) {
-        m->quant = 0;
-        (*n_warn)++;
-        if (warn)
-            fprintf(warn, "nvfp4x: warning: %s left unquantized: in_features %lld is not a "
-                    "multiple of 16\n", m->name, (long long)t->shape[1]);
+    const char *why = NULL;
+    nx_sel sel = nx_select(m->name, o->policy, is_mtp(c, &tk), &why);
+    m->quant = sel == NX_SEL_QUANTIZE && t->ndim == 2 && !matches_glob(o, m->name);
+    if (sel == NX_SEL_UNKNOWN && t->ndim == 2) {
+        warn_left_out(m, warn, n_warn, "a 2-D weight of a module nvfp4x does not know as a "
+                      "linear (nor as an embedding or router)");
+    } else if (m->quant && t->shape[1] % 16 != 0) {
+        char text[96];
+        snprintf(text, sizeof text, "in_features %lld is not a multiple of 16",
+                 (long long)t->shape[1]);
+        warn_left_out(m, warn, n_warn, text);
     }
     m->group_key = group_key(c, &tk, m->name);
     NX_ALLOC_CHECK(m->group_key, e, "a group key");
@@ -411,8 +400,7 @@ static int build_attn(const nx_catalog *c, nx_classes *k, nx_err *e)
         tokens tk;
         split(c->t[i].name, &tk);
         int at = find_token(&tk, "self_attn");
-        int64_t layer = layer_of(&tk);
-        if (at < 0 || layer < 0 || layer >= c->num_hidden_layers)
+        if (at < 0 || layer_of(&tk) < 0 || is_mtp(c, &tk))
             continue;
         char *attn = join(&tk, at + 1);
         int put = attn ? nx_strmap_put(&seen, attn, 0) : -1;
@@ -444,6 +432,21 @@ static void modinfo_free(modinfo *m, int64_t n)
     free(m);
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t ls = strlen(s), lx = strlen(suffix);
+    return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
+}
+
+/* The weights whose modules are classified: every 2-D "*.weight" (a linear, a vocabulary
+ * table, a router), and convolutions, which ModelOpt lists as unquantized modules too. */
+static int is_module_weight(const nx_tensor *t)
+{
+    if (t->consumed || !ends_with(t->name, ".weight") || strlen(t->name) <= 7)
+        return 0;
+    return t->ndim == 2 || (t->ndim == 3 && ends_with(t->name, ".conv1d.weight"));
+}
+
 int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,
                 nx_err *e)
 {
@@ -455,9 +458,7 @@ int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, F
     int64_t n = 0;
     int rc = NX_OK;
     for (int64_t i = 0; i < c->n && rc == NX_OK; i++) {
-        const nx_tensor *t = &c->t[i];
-        size_t len = strlen(t->name);
-        if (t->ndim != 2 || len <= 7 || strcmp(t->name + len - 7, ".weight") != 0)
+        if (!is_module_weight(&c->t[i]))
             continue;
         m[n].tensor = i;
         rc = describe(c, o, &m[n++], warn, &k->n_warnings, e);

@@ -1,12 +1,15 @@
-/* MXFP4 and E8M0 (include/nvfp4x/mxfp4.h): decoding, the cast to NVFP4, and the DeepSeek-V4
- * release encoding's rules for config.json and for a weight's .scale. */
+/* MXFP4 and E8M0 (include/nvfp4x/mxfp4.h): decoding (also as the MXFP4 decoder of decode.h),
+ * the cast to NVFP4, and the DeepSeek-V4 release encoding's rules for config.json and for a
+ * weight's .scale. */
 #include "nvfp4x/mxfp4.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "nvfp4x/decode.h"
 #include "nvfp4x/quantize.h"
+#include "nvfp4x/util.h"
 
 #define BLOCK_BYTES (NX_MXFP4_BLOCK / 2)
 
@@ -30,20 +33,49 @@ static float code_value(uint8_t code)
     return (code & 8) ? -m : m;
 }
 
+/* One MXFP4 block: 16 bytes, element 2j in the low nibble of byte j, times its scale s. */
+static void decode_block(const uint8_t *in, float s, float *out)
+{
+    for (int j = 0; j < BLOCK_BYTES; j++) {
+        out[2 * j] = code_value(in[j] & 0xF) * s;
+        out[2 * j + 1] = code_value(in[j] >> 4) * s;
+    }
+}
+
 void nx_mxfp4_decode_rows(const uint8_t *packed, const uint8_t *e8m0, int64_t nrows,
                           int64_t cols, float *dst)
 {
     int64_t blocks = nrows * (cols / NX_MXFP4_BLOCK);
-    for (int64_t b = 0; b < blocks; b++) {
-        float s = nx_e8m0_decode(e8m0[b]);
-        const uint8_t *in = packed + b * BLOCK_BYTES;
-        float *out = dst + b * NX_MXFP4_BLOCK;
-        for (int j = 0; j < BLOCK_BYTES; j++) {
-            out[2 * j] = code_value(in[j] & 0xF) * s;
-            out[2 * j + 1] = code_value(in[j] >> 4) * s;
-        }
-    }
+    for (int64_t b = 0; b < blocks; b++)
+        decode_block(packed + b * BLOCK_BYTES, nx_e8m0_decode(e8m0[b]), dst + b * NX_MXFP4_BLOCK);
 }
+
+/* ---- The decoder of decode.h ---------------------------------------------------------------- */
+
+static uint64_t mxfp4_row_bytes(const nx_dec_weight *w)
+{
+    return (uint64_t)w->cols / 2;
+}
+
+/* The scales are widened, one per block of 32 (tile 1 x 32): block b of the rows has scale b.
+ * Every value e2m1 * 2^k is exact in float32 and in BF16. */
+static int mxfp4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
+{
+    const nx_dec_weight *w = r->w;
+    const uint8_t *packed = r->data;
+    float tmp[NX_MXFP4_BLOCK];
+    if (!nx_mxfp4_dtype(w->dtype) || w->cols % NX_MXFP4_BLOCK != 0)
+        return -1;
+    for (int64_t b = 0; b < r->nrows * (w->cols / NX_MXFP4_BLOCK); b++) {
+        float *out = dst32 ? dst32 + b * NX_MXFP4_BLOCK : tmp;
+        decode_block(packed + b * BLOCK_BYTES, r->scale[b], out);
+        for (int j = 0; dst16 && j < NX_MXFP4_BLOCK; j++)
+            dst16[b * NX_MXFP4_BLOCK + j] = nx_f32_to_bf16(out[j]);
+    }
+    return 0;
+}
+
+const nx_decoder nx_decoder_mxfp4 = { "MXFP4 with E8M0 scales", mxfp4_row_bytes, mxfp4_rows };
 
 /* Largest magnitude code (low three bits) of one block's 16 bytes. */
 static int block_max_code(const uint8_t *in)
@@ -199,22 +231,12 @@ int nx_e8m0_scheme(const char *where, const cJSON *config, const cJSON *qc, int6
     return NX_OK;
 }
 
-static void shape_text(const nx_enc_tensor *t, char *buf, size_t len)
-{
-    size_t used = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(t->dtype));
-    for (int i = 0; i < t->ndim && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
-                                 (long long)t->shape[i]);
-    if (used < len)
-        snprintf(buf + used, len - used, "]");
-}
-
 int nx_e8m0_link_check(const char *where, const nx_enc_tensor *scale,
                        const nx_enc_tensor *weight, const int64_t block[2], int64_t tile[2],
                        nx_err *e)
 {
     char got[128];
-    shape_text(scale, got, sizeof got);
+    nx_shape_text(scale->dtype, scale->ndim, scale->shape, got, sizeof got);
     int mx = nx_mxfp4_dtype(weight->dtype);
     NX_ERROR_IF(weight->ndim != 2 || (!mx && weight->dtype != NX_DT_F8_E4M3), e, NX_EINPUT,
                 "%s: tensor %s has a .scale but is not a 2-D F8_E4M3 (FP8) or I8/U8 (MXFP4) "

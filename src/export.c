@@ -26,6 +26,7 @@ typedef struct pipeline {
     nx_stats stats;
     nx_plan plan;
     nx_amax amax;
+    nx_mse mse;      /* --weight-calib mse */
     nx_source src;
     nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
     nx_numerics numerics; /* --numerics, or the source family's default */
@@ -49,6 +50,15 @@ static void say(const pipeline *pl, const char *fmt, ...)
     va_end(ap);
 }
 
+/* What becomes of the encoded weights, after their count in messages. */
+static const char *encoding_note(const nx_catalog *c)
+{
+    if (c->n_encoded == 0)
+        return "";
+    return c->dsv4 ? " (decoded on read where quantized, else copied as stored)"
+                   : " decoded to BF16 on read";
+}
+
 /* Phases 1-2: catalog on rank 0, broadcast; classification on every rank. */
 static int phase_catalog(pipeline *pl, nx_err *e)
 {
@@ -60,15 +70,15 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
     say(pl, "source encoding: %s; %lld encoded weights%s", pl->cat.encoding,
-        (long long)pl->cat.n_encoded, pl->cat.n_encoded == 0 ? ""
-        : pl->cat.dsv4 ? " (decoded on read where quantized, else copied as stored)"
-                       : " (decoded on read; written as BF16 where not quantized)");
+        (long long)pl->cat.n_encoded, encoding_note(&pl->cat));
     const nx_export_opts *o = pl->o;
     /* DeepSeek-V4: ModelOpt's script runs on the CPU unless told otherwise. */
     pl->numerics = o->numerics_given || !pl->cat.dsv4 ? o->numerics : NX_NUMERICS_CPU;
-    NX_TRY(nx_dsv4_check_options(pl->cat.dsv4, o->weight_only,
-                                 o->format == NX_FORMAT_COMPRESSED_TENSORS, o->kv == NX_KV_FP8,
-                                 o->cast_mxfp4, e));
+    nx_dsv4_opts dopts = { .weight_only = o->weight_only,
+                           .ct_format = o->format == NX_FORMAT_COMPRESSED_TENSORS,
+                           .kv_fp8 = o->kv == NX_KV_FP8, .cast = o->cast_mxfp4,
+                           .mse = o->weight_calib == NX_WEIGHT_CALIB_MSE };
+    NX_TRY(nx_dsv4_check_options(pl->cat.dsv4, &dopts, e));
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
@@ -110,6 +120,11 @@ static int phase_calib(pipeline *pl, nx_err *e)
     int rc = nx_stats_gather(pl->calib, &pl->cat, &pl->cls, &pl->stats, pl->comm, e);
     close_calib(pl, 0);
     NX_TRY(rc);
+    int64_t ignored = o->weight_calib == NX_WEIGHT_CALIB_MSE ? nx_stats_drop_weight(&pl->stats)
+                                                              : 0;
+    if (ignored)
+        say(pl, "--weight-calib mse: the weight amax of %lld modules in %s is ignored; the "
+            "sweep computes every global amax from the weights", (long long)ignored, o->calib);
     NX_ERROR_IF(o->kv == NX_KV_FP8 && !pl->stats.has_kv, e, NX_EINPUT,
                 "--kv-cache fp8: %s lacks k_bmm_quantizer/_amax or v_bmm_quantizer/_amax for "
                 "some attention layer", o->calib ? o->calib : "(no calibration file)");
@@ -145,10 +160,11 @@ static char *options_text(const pipeline *pl)
         size_t len = strlen(excl);
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
-    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s",
+    return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s%s",
                        pl->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
                        o->weight_only, pl->kv_fp8, (int)o->format, excl,
-                       o->cast_mxfp4 ? " cast-mxfp4" : "");
+                       o->cast_mxfp4 ? " cast-mxfp4" : "",
+                       o->weight_calib == NX_WEIGHT_CALIB_MSE ? " weight_calib=mse" : "");
 }
 
 /* Rank 0 creates (or, with --resume, reuses) the staging directory and its shards. */
@@ -187,6 +203,23 @@ static int check_and_commit(pipeline *pl, nx_err *e)
     return rc;
 }
 
+/* Phase 5b, --weight-calib mse: every rank sweeps its share of all blocks. */
+static int phase_sweep(pipeline *pl, const char *dir, nx_err *e)
+{
+    nx_mse_opts mo = { .numerics = pl->numerics, .threads = pl->o->threads,
+                       .quiet = pl->o->quiet, .resumed = pl->resumed };
+    NX_TRY(nx_mse_run(&pl->src, &pl->cls, &pl->amax, dir, &mo, &pl->mse, pl->comm, e));
+    const nx_mse *s = &pl->mse;
+    if (s->reused)
+        say(pl, "sweep: reusing the finished sweep of %lld blocks", (long long)s->total_blocks);
+    else
+        say(pl, "sweep: %lld blocks in %.2fs, %.0f blocks/s, %.1f of 126 candidates evaluated "
+            "per block", (long long)s->total_blocks, s->seconds,
+            s->seconds > 0 ? (double)s->total_blocks / s->seconds : 0.0,
+            s->counts.blocks ? (double)s->counts.evaluated / (double)s->counts.blocks : 0.0);
+    return NX_OK;
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
@@ -210,6 +243,10 @@ static int phase_write(pipeline *pl, nx_err *e)
                          .cast_mxfp4 = o->cast_mxfp4, .cast_blocks = cast };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
+    if (rc == NX_OK && o->weight_calib == NX_WEIGHT_CALIB_MSE) {
+        rc = phase_sweep(pl, dir, e);
+        wo.mse = &pl->mse;
+    }
     if (rc == NX_OK)
         rc = nx_write_run(&pl->src, &pl->cls, &pl->stats, &pl->amax, &pl->plan, dir, &wo,
                           pl->comm, e);
@@ -237,6 +274,7 @@ static void pipeline_free(pipeline *pl)
     if (pl->src.c)
         nx_source_close(&pl->src);
     nx_amax_free(&pl->amax);
+    nx_mse_free(&pl->mse);
     nx_plan_free(&pl->plan);
     nx_stats_free(&pl->stats);
     nx_classes_free(&pl->cls);
@@ -286,8 +324,8 @@ static void print_plan(const pipeline *pl, FILE *out)
     char b[32];
     fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
             (long long)pl->cat.n, pl->cat.n_files);
-    fprintf(out, "source encoding: %s; %lld encoded weights\n", pl->cat.encoding,
-            (long long)pl->cat.n_encoded);
+    fprintf(out, "source encoding: %s; %lld encoded weights%s\n", pl->cat.encoding,
+            (long long)pl->cat.n_encoded, encoding_note(&pl->cat));
     fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
             (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);
     if (pl->cat.dsv4) {
@@ -351,6 +389,28 @@ static void print_owners(const pipeline *pl, FILE *out)
     }
 }
 
+/* --weight-calib mse: the sweep's share of the busiest rank and its time at the rate this CPU
+ * sweeps synthetic Gaussian blocks (real weights prune differently: docs/performance.md). */
+static void print_sweep(const pipeline *pl, FILE *out)
+{
+    int64_t total = 0, lo, hi, most = 0;
+    for (int64_t i = 0; i < pl->cls.n_q; i++)
+        total += pl->cls.q[i].rows * (pl->cls.q[i].cols / NX_BLOCK);
+    for (int r = 0; r < pl->plan.nranks; r++) {
+        nx_mse_share(total, r, pl->plan.nranks, &lo, &hi);
+        most = hi - lo > most ? hi - lo : most;
+    }
+    const char *kernel = "ref";
+    double rate = nx_mse_measure_rate(pl->numerics, &kernel);
+    int threads = pl->o->threads > 0 ? pl->o->threads : 1;
+    fprintf(out, "weight calibration: MSE sweep (%s numerics) of %lld blocks, at most %lld per "
+            "rank\n", pl->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (long long)total,
+            (long long)most);
+    fprintf(out, "sweep rate here: %.0f blocks/s per thread (%s, synthetic Gaussian blocks); "
+            "predicted sweep time per rank: %.1fs with %d thread%s\n", rate, kernel,
+            rate > 0 ? (double)most / (rate * threads) : 0.0, threads, threads == 1 ? "" : "s");
+}
+
 int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
 {
     pipeline pl = { .o = o, .comm = comm, .t0 = MPI_Wtime() };
@@ -365,6 +425,8 @@ int nx_plan_run(const nx_export_opts *o, MPI_Comm comm, FILE *out, nx_err *e)
         rc = phase_plan(&pl, o->plan_ranks > 0 ? o->plan_ranks : pl.size, e);
     if (rc == NX_OK && pl.rank == 0)
         print_plan(&pl, out);
+    if (rc == NX_OK && pl.rank == 0 && o->weight_calib == NX_WEIGHT_CALIB_MSE)
+        print_sweep(&pl, out);
     if (rc == NX_OK && pl.rank == 0 && o->plan_owners)
         print_owners(&pl, out);
     pipeline_free(&pl);

@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/pyjson.h"
 #include "nvfp4x/util.h"
 
@@ -29,19 +28,20 @@ int nx_dsv4_is(const char *model_type)
     return model_type != NULL && strcmp(model_type, "deepseek_v4") == 0;
 }
 
-int nx_dsv4_check_options(int is_dsv4, int weight_only, int ct_format, int kv_fp8, int cast,
-                          nx_err *e)
+int nx_dsv4_check_options(int is_dsv4, const nx_dsv4_opts *o, nx_err *e)
 {
-    NX_ERROR_IF(cast && !is_dsv4, e, NX_EINPUT, "--cast-mxfp4: the source has no MXFP4 routed "
-                "experts (it reads DeepSeek-V4's release, model_type deepseek_v4)");
+    NX_ERROR_IF(o->cast && !is_dsv4, e, NX_EINPUT, "--cast-mxfp4: the source has no MXFP4 "
+                "routed experts (it reads DeepSeek-V4's release, model_type deepseek_v4)");
     if (!is_dsv4)
         return NX_OK;
-    NX_ERROR_IF(weight_only, e, NX_EINPUT, "--weight-only: the DeepSeek-V4 export writes "
+    NX_ERROR_IF(o->weight_only, e, NX_EINPUT, "--weight-only: the DeepSeek-V4 export writes "
                 "input_scale for every converted expert (ModelOpt's NVFP4 W4A4)");
-    NX_ERROR_IF(ct_format, e, NX_EINPUT, "--format compressed-tensors: the DeepSeek-V4 export "
-                "writes ModelOpt's mixed FP8 + NVFP4 layout only");
-    NX_ERROR_IF(kv_fp8, e, NX_EINPUT, "--kv-cache fp8: DeepSeek-V4's attention has no KV-cache "
-                "quantizers");
+    NX_ERROR_IF(o->ct_format, e, NX_EINPUT, "--format compressed-tensors: the DeepSeek-V4 "
+                "export writes ModelOpt's mixed FP8 + NVFP4 layout only");
+    NX_ERROR_IF(o->kv_fp8, e, NX_EINPUT, "--kv-cache fp8: DeepSeek-V4's attention has no "
+                "KV-cache quantizers");
+    NX_ERROR_IF(o->mse, e, NX_EINPUT, "--weight-calib mse: ModelOpt's DeepSeek-V4 script has "
+                "no MSE sweep (its block scales come from the weights' max, or --cast-mxfp4)");
     return NX_OK;
 }
 
@@ -117,7 +117,7 @@ static int matches_exclude(const nx_classify_opts *o, const char *module)
 /* A routed expert weight must be MXFP4 with its scales (encoding.c linked them). */
 static int check_expert(const nx_catalog *c, const nx_tensor *t, nx_err *e)
 {
-    NX_ERROR_IF(t->scale < 0 || !nx_mxfp4_dtype(t->dtype), e, NX_EINPUT, "%s: DeepSeek-V4 "
+    NX_ERROR_IF(t->codec != NX_CODEC_MXFP4, e, NX_EINPUT, "%s: DeepSeek-V4 "
                 "routed expert weight %s is %s, expected I8 or U8 (MXFP4) with a .scale", c->dir,
                 t->name, nx_dtype_name(t->dtype));
     return NX_OK;
@@ -183,7 +183,7 @@ static int select_experts(const nx_catalog *c, selection *sel, nx_classes *k, nx
         int64_t g = group_of(sel, t->name, proj, &k->n_groups);
         NX_ERROR_IF(g < 0, e, NX_EIO, "out of memory grouping experts");
         k->qmod_of[i] = k->n_q;
-        k->q[k->n_q++] = (nx_qmod){ i, g, proj, t->shape[0], 2 * t->shape[1] };
+        k->q[k->n_q++] = (nx_qmod){ i, g, proj, t->shape[0], nx_tensor_cols(t) };
     }
     return NX_OK;
 }

@@ -27,7 +27,9 @@ static const char usage_text[] =
     "process or under mpirun/srun; the output is the same for any number of ranks.\n"
     "\n"
     "export and plan options:\n"
-    "  --model DIR            source model directory (config.json + safetensors)\n"
+    "  --model DIR            source model directory (config.json + safetensors): BF16,\n"
+    "                         F16, F32, FP8, compressed-tensors INT4 pack-quantized, or\n"
+    "                         DeepSeek-V4's release (FP8 + MXFP4 experts)\n"
     "  --output DIR           output directory; must not exist (see --force)\n"
     "  --calib FILE           calibration statistics (HDF5); required unless --weight-only\n"
     "  --numerics gpu|cpu     reproduce ModelOpt exports made on GPU (default) or CPU\n"
@@ -35,8 +37,15 @@ static const char usage_text[] =
     "  --cast-mxfp4           DeepSeek-V4: cast the MXFP4 routed experts to NVFP4 in closed\n"
     "                         form (ModelOpt's --cast_mxfp4_to_nvfp4: weight_scale_2 =\n"
     "                         2^(k_max-8), the source nibbles kept) instead of re-quantizing\n"
-    "  --quantize all|mlp|experts  which linears: attention+MLP (default), MLP only,\n"
-    "                         routed experts only\n"
+    "  --weight-calib max|mse weight block scales from the weight amax (max, default) or\n"
+    "                         from ModelOpt's MSE FP8-scale sweep computed here (mse: static\n"
+    "                         NVFP4, nvfp4_w4a4_weight_mse_fp8_sweep; weight amax in the\n"
+    "                         calibration file are then ignored)\n"
+    "  --quantize all|mlp|experts  which linears, as ModelOpt selects them: every linear\n"
+    "                         (default, nvfp4), *mlp*|*block_sparse_moe*|*.experts.*\n"
+    "                         (nvfp4_mlp_only), *mlp.experts*|*block_sparse_moe*|*.experts.*\n"
+    "                         (nvfp4_experts_only); routers, lm_head, embeddings, MTP and\n"
+    "                         the other never-quantized patterns stay BF16 (README)\n"
     "  --exclude GLOB         leave matching modules unquantized (repeatable; '*' spans dots)\n"
     "  --weight-only          W4A16_NVFP4: no input scales, calibration optional\n"
     "  --kv-cache auto|fp8|none  FP8 KV-cache scales (auto: fp8 when the calibration has\n"
@@ -62,6 +71,10 @@ static const char usage_text[] =
     "  --model DIR            also check shapes and exact re-encoding against the source\n"
     "  --report FILE.h5       with --model: reconstruction error, saturated and zero blocks\n"
     "                         and code histogram of every quantized tensor (docs/report.md)\n"
+    "  --weight-calib mse     with --model: also check that the block scales are the MSE\n"
+    "                         sweep's choice (--numerics gpu|cpu as exported), on a sample\n"
+    "                         of blocks of every module\n"
+    "  --full                 with --weight-calib mse: every block, not a sample\n"
     "  --json                 violations as JSON lines\n"
     "\n"
     "--version prints the version, the MPI, HDF5 and cJSON libraries and the NVFP4 kernels\n"
@@ -74,7 +87,7 @@ enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_E
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
        OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
        OPT_NO_FSYNC, OPT_CAST_MXFP4,
-       OPT_REPORT };
+       OPT_REPORT, OPT_WEIGHT_CALIB, OPT_FULL };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -98,6 +111,8 @@ static const struct option long_opts[] = {
     { "no-fsync", no_argument, 0, OPT_NO_FSYNC },
     { "cast-mxfp4", no_argument, 0, OPT_CAST_MXFP4 },
     { "format", required_argument, 0, OPT_FORMAT },
+    { "weight-calib", required_argument, 0, OPT_WEIGHT_CALIB },
+    { "full", no_argument, 0, OPT_FULL },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
@@ -110,6 +125,7 @@ typedef struct cli {
     const char *positional;
     int json;
     const char *report; /* verify --report FILE.h5 */
+    int full;           /* verify --full */
 } cli;
 
 static int pick(const char *arg, const char *const *names, int n)
@@ -136,8 +152,14 @@ static int parse_choice(int opt, const char *arg, cli *c, nx_err *e)
     static const char *const policies[] = { "all", "mlp", "experts" };
     static const char *const kv[] = { "auto", "fp8", "none" };
     static const char *const formats[] = { "modelopt", "compressed-tensors" };
+    static const char *const calibs[] = { "max", "mse" };
     int v;
     switch (opt) {
+    case OPT_WEIGHT_CALIB:
+        NX_ERROR_IF((v = pick(arg, calibs, 2)) < 0, e, NX_EINPUT,
+                    "--weight-calib: expected max or mse, got '%s'", arg);
+        c->x.weight_calib = (nx_weight_calib)v;
+        return NX_OK;
     case OPT_FORMAT:
         NX_ERROR_IF((v = pick(arg, formats, 2)) < 0, e, NX_EINPUT,
                     "--format: expected modelopt or compressed-tensors, got '%s'", arg);
@@ -176,7 +198,8 @@ static int parse_opt(int opt, const char *arg, cli *c, nx_err *e)
     case OPT_QUIET: c->x.quiet = 1; return NX_OK;
     case OPT_JSON: c->json = 1; return NX_OK;
     case OPT_REPORT: c->report = arg; return NX_OK;
-    case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: case OPT_FORMAT:
+    case OPT_FULL: c->full = 1; return NX_OK;
+    case OPT_NUMERICS: case OPT_QUANTIZE: case OPT_KV: case OPT_FORMAT: case OPT_WEIGHT_CALIB:
         return parse_choice(opt, arg, c, e);
     case OPT_EXCLUDE:
         NX_ERROR_IF(c->x.classify.n_exclude >= MAX_EXCLUDES, e, NX_EINPUT,
@@ -243,8 +266,14 @@ static int check_args(const cli *c, nx_err *e)
                     "directory (nvfp4x verify DST)");
         NX_ERROR_IF(c->report && c->x.model == NULL, e, NX_EINPUT, "verify: --report needs "
                     "--model SRC (the statistics compare with the source weights)");
+        NX_ERROR_IF(c->x.weight_calib == NX_WEIGHT_CALIB_MSE && c->x.model == NULL, e,
+                    NX_EINPUT, "verify: --weight-calib mse needs --model SRC (the sweep is "
+                    "re-derived from the source weights)");
+        NX_ERROR_IF(c->full && c->x.weight_calib != NX_WEIGHT_CALIB_MSE, e, NX_EINPUT,
+                    "verify: --full goes with --weight-calib mse");
         return NX_OK;
     }
+    NX_ERROR_IF(c->full, e, NX_EINPUT, "%s: --full is a verify option", c->cmd);
     NX_ERROR_IF(c->report != NULL && strcmp(c->cmd, "export") != 0, e, NX_EINPUT,
                 "%s: --report is an export or verify option", c->cmd);
     NX_ERROR_IF(c->positional != NULL, e, NX_EINPUT, "%s: unexpected argument '%s'", c->cmd,
@@ -275,7 +304,9 @@ static int default_threads(MPI_Comm comm)
 /* Collective: every rank checks its share; rank 0 prints. */
 static int run_verify(const cli *c, int rank, nx_err *e)
 {
-    nx_verify_opts vo = { .dir = c->positional, .model = c->x.model, .json = c->json };
+    nx_verify_opts vo = { .dir = c->positional, .model = c->x.model, .json = c->json,
+                          .sweep = c->x.weight_calib == NX_WEIGHT_CALIB_MSE,
+                          .numerics = c->x.numerics, .full = c->full };
     nx_verify_result r = { 0 };
     NX_TRY(nx_verify_run_collective(&vo, c->report, MPI_COMM_WORLD, &r, stdout, e));
     if (rank == 0) {

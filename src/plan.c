@@ -84,6 +84,8 @@ static int copy_output(const nx_tensor *t, int64_t idx, int keep_encoded, nx_out
     out->dtype = dequant ? NX_DT_BF16 : t->dtype;
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof out->shape);
+    if (dequant) /* the linear's shape: an MXFP4 weight has two elements per stored byte */
+        out->shape[1] = nx_tensor_cols(t);
     out->nbytes = dequant ? nx_tensor_out_bytes(t) : t->nbytes;
     return NX_OK;
 }

@@ -16,6 +16,17 @@ void nx_progress_init(nx_progress *pg, MPI_Comm comm, uint64_t total_bytes, cons
     pg->t0 = pg->last_print = MPI_Wtime();
 }
 
+/* Bytes as "1.50 GB", counts as "1.50M". */
+static void amount(const nx_progress *pg, uint64_t v, char *buf, size_t len)
+{
+    if (pg->unit == NULL)
+        nx_format_bytes(v, buf, len);
+    else if (v >= 1000000)
+        snprintf(buf, len, "%.2fM", (double)v / 1e6);
+    else
+        snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
 static void print_line(nx_progress *pg, int final)
 {
     double now = MPI_Wtime(), el = now - pg->t0;
@@ -25,14 +36,15 @@ static void print_line(nx_progress *pg, int final)
     pg->last_print = now;
     uint64_t done = pg->recv[0];
     char d[32], t[32], r[32];
-    nx_format_bytes(done, d, sizeof d);
-    nx_format_bytes(pg->total_bytes, t, sizeof t);
-    nx_format_bytes(el > 0 ? (uint64_t)(done / el) : 0, r, sizeof r);
+    amount(pg, done, d, sizeof d);
+    amount(pg, pg->total_bytes, t, sizeof t);
+    amount(pg, el > 0 ? (uint64_t)(done / el) : 0, r, sizeof r);
     double frac = pg->total_bytes ? (double)done / (double)pg->total_bytes : 1.0;
     double eta = frac > 0 ? el / frac - el : 0;
-    fprintf(stderr, "%snvfp4x: %s %s / %s (%.0f%%), %s/s, %s %.0fs%s", pg->tty ? "\r" : "",
-            pg->what, d, t, 100.0 * frac, r, final ? "took" : "ETA", final ? el : eta,
-            pg->tty && !final ? "   " : "\n");
+    fprintf(stderr, "%snvfp4x: %s %s / %s%s%s (%.0f%%), %s%s%s/s, %s %.0fs%s",
+            pg->tty ? "\r" : "", pg->what, d, t, pg->unit ? " " : "", pg->unit ? pg->unit : "",
+            100.0 * frac, r, pg->unit ? " " : "", pg->unit ? pg->unit : "",
+            final ? "took" : "ETA", final ? el : eta, pg->tty && !final ? "   " : "\n");
     fflush(stderr);
 }
 

@@ -132,6 +132,11 @@ static uint8_t static_block_scale(float p, float big_m, nx_numerics m)
     return nx_e4m3_encode(clamp_scale((a * 448.0f) / big_m));
 }
 
+uint8_t nx_static_block_scale(float p, float global_amax, nx_numerics m)
+{
+    return static_block_scale(p, nx_div_6(global_amax, m), m);
+}
+
 static void encode_block(const float *w, float den, uint8_t *codes)
 {
     for (int i = 0; i < NX_BLOCK; i += 2) {

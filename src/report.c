@@ -92,7 +92,8 @@ double nx_qstats_snr_db(const nx_qstats *s)
 
 enum { COL_ELEMENTS, COL_REL_RMS, COL_MAX_ABS_ERR, COL_SNR_DB, COL_SUM_SQ_ERR, COL_SUM_SQ_REF,
        COL_BLOCKS, COL_SATURATED, COL_ZERO, COL_HISTOGRAM, COL_W_FROM_WEIGHT,
-       COL_IN_FROM_LAYER, COL_W_STATIC, N_COLUMNS };
+       COL_IN_FROM_LAYER, COL_W_STATIC, COL_W_SWEPT, COL_SUM_SQ_ERR_MAX, COL_REL_RMS_MAX,
+       COL_SCALE_RATIO, N_COLUMNS };
 enum { TYPE_I64, TYPE_F64, TYPE_U8 };
 
 static const struct {
@@ -113,6 +114,10 @@ static const struct {
     [COL_W_FROM_WEIGHT] = { "weight_amax_from_weight", TYPE_U8, 1 },
     [COL_IN_FROM_LAYER] = { "input_amax_from_layer", TYPE_U8, 1 },
     [COL_W_STATIC] = { "static_weight_amax", TYPE_U8, 1 },
+    [COL_W_SWEPT] = { "swept_weight_amax", TYPE_U8, 1 },
+    [COL_SUM_SQ_ERR_MAX] = { "sum_sq_err_max", TYPE_F64, 1 },
+    [COL_REL_RMS_MAX] = { "rel_rms_max", TYPE_F64, 1 },
+    [COL_SCALE_RATIO] = { "mean_scale_ratio", TYPE_F64, 1 },
 };
 
 static size_t type_bytes(int type)
@@ -129,6 +134,21 @@ static hid_t type_memory(int type)
 static hid_t type_file(int type)
 {
     return type == TYPE_I64 ? H5T_STD_I64LE : type == TYPE_F64 ? H5T_IEEE_F64LE : H5T_STD_U8LE;
+}
+
+/* The sweep's columns; NaN for a module that was not swept. */
+static double sweep_column(int c, const nx_report_entry *x)
+{
+    nx_qstats max = x->st;
+    max.sum_sq_err = x->sw.sum_sq_err_max;
+    if (!x->w_swept)
+        return NAN;
+    if (c == COL_SUM_SQ_ERR_MAX)
+        return x->sw.sum_sq_err_max;
+    if (c == COL_REL_RMS_MAX)
+        return nx_qstats_rel_rms(&max);
+    return x->sw.scale_ratio_blocks ? x->sw.scale_ratio_sum / (double)x->sw.scale_ratio_blocks
+                                    : NAN;
 }
 
 /* Column c of entry x: the column's width values of its type at out. */
@@ -150,7 +170,9 @@ static void column_fill(int c, const nx_report_entry *x, void *out)
     case COL_HISTOGRAM: memcpy(i64, x->st.hist, sizeof x->st.hist); return;
     case COL_W_FROM_WEIGHT: *u8 = x->w_from_weight; return;
     case COL_IN_FROM_LAYER: *u8 = x->in_from_layer; return;
-    default: *u8 = x->w_static; return;
+    case COL_W_STATIC: *u8 = x->w_static; return;
+    case COL_W_SWEPT: *u8 = x->w_swept; return;
+    default: *f64 = sweep_column(c, x); return;
     }
 }
 
@@ -330,7 +352,8 @@ static int block_rank(int64_t row, int64_t n_rows, int size)
 typedef struct record {
     int64_t row;
     nx_qstats st;
-    uint8_t flags[3];
+    nx_sweep_stats sw;
+    uint8_t flags[4];
 } record;
 
 static size_t record_bytes(const layout *l)
@@ -362,9 +385,11 @@ static void records_pack(const nx_report_entry *x, row_of *order, int64_t n, con
         memset(&r, 0, sizeof r); /* no uninitialized padding on the wire */
         r.row = order[i].row;
         r.st = xi->st;
+        r.sw = xi->sw;
         r.flags[0] = xi->w_from_weight;
         r.flags[1] = xi->in_from_layer;
         r.flags[2] = xi->w_static;
+        r.flags[3] = xi->w_swept;
         uint8_t *p = out + (size_t)i * rb;
         memset(p, 0, rb);
         memcpy(p, &r, sizeof r);
@@ -382,7 +407,8 @@ static void records_unpack(layout *l)
         memcpy(&r, l->buf + (size_t)i * rb, sizeof r);
         l->rows[r.row - l->first] = (nx_report_entry){
             .module = (const char *)l->buf + (size_t)i * rb + sizeof r, .st = r.st,
-            .w_from_weight = r.flags[0], .in_from_layer = r.flags[1], .w_static = r.flags[2]
+            .w_from_weight = r.flags[0], .in_from_layer = r.flags[1], .w_static = r.flags[2],
+            .w_swept = r.flags[3], .sw = r.sw
         };
     }
 }
@@ -661,7 +687,9 @@ static void entries_pack(const nx_report_entry *x, int64_t n, nx_buf *b, size_t 
         *longest = len > *longest ? len : *longest;
         nx_buf_put_str(b, x[i].module);
         nx_buf_put(b, &x[i].st, sizeof x[i].st);
-        uint8_t flags[3] = { x[i].w_from_weight, x[i].in_from_layer, x[i].w_static };
+        nx_buf_put(b, &x[i].sw, sizeof x[i].sw);
+        uint8_t flags[4] = { x[i].w_from_weight, x[i].in_from_layer, x[i].w_static,
+                             x[i].w_swept };
         nx_buf_put(b, flags, sizeof flags);
     }
 }
@@ -670,13 +698,15 @@ static int entries_unpack(nx_buf *b, int64_t n, nx_report_entry *x, const char *
                           nx_err *e)
 {
     for (int64_t i = 0; i < n; i++) {
-        uint8_t flags[3];
+        uint8_t flags[4];
         x[i].module = nx_buf_get_str(b);
         nx_buf_get(b, &x[i].st, sizeof x[i].st);
+        nx_buf_get(b, &x[i].sw, sizeof x[i].sw);
         nx_buf_get(b, flags, sizeof flags);
         x[i].w_from_weight = flags[0];
         x[i].in_from_layer = flags[1];
         x[i].w_static = flags[2];
+        x[i].w_swept = flags[3];
         NX_ERROR_IF(b->failed || x[i].module == NULL, e, NX_EIO,
                     "out of memory unpacking %s", path);
     }

@@ -38,6 +38,16 @@ const char *nx_dtype_name(nx_dtype dt)
     return dtype_valid(dt) ? dtypes[dt].name : "?";
 }
 
+void nx_shape_text(nx_dtype dt, int ndim, const int64_t *shape, char *buf, size_t len)
+{
+    size_t used = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(dt));
+    for (int i = 0; i < ndim && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < len)
+        snprintf(buf + used, len - used, "]");
+}
+
 int nx_dtype_parse(const char *name, nx_dtype *dt)
 {
     for (int i = 0; i < NX_DT_COUNT; i++) {

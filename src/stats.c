@@ -146,3 +146,14 @@ void nx_stats_free(nx_stats *s)
     free(s->v_amax);
     memset(s, 0, sizeof *s);
 }
+
+int64_t nx_stats_drop_weight(nx_stats *s)
+{
+    int64_t had = 0;
+    for (int64_t i = 0; i < s->n_q; i++) {
+        had += s->w_amax[i] != NX_ABSENT;
+        s->w_amax[i] = NX_ABSENT;
+        s->w_static[i] = 0;
+    }
+    return had;
+}

@@ -49,17 +49,17 @@ static float absmax_src(const void *raw, nx_dtype dt, int64_t n)
     return isfinite(v) ? v : NAN;
 }
 
-/* Rows [r, r+n) of the weight: their max |w|. FP8 sources are dequantized first; MXFP4 needs
- * only each block's largest code and scale. */
+/* Rows [r, r+n) of the weight: their max |w|. Encoded sources are decoded first (decode.h),
+ * except MXFP4, whose max needs only each block's largest code and its scale. */
 static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, float *w,
                        void *raw, float *m, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
-    int64_t elems = n * t->shape[1];
-    if (t->scale >= 0 && nx_mxfp4_dtype(t->dtype)) {
-        uint8_t *packed = raw, *e8m0 = packed + elems;
-        NX_TRY(nx_source_mxfp4_rows(src, tensor, r, n, packed, e8m0, e));
-        *m = nx_mxfp4_absmax(packed, e8m0, n, 2 * t->shape[1]);
+    int64_t cols = nx_tensor_cols(t), elems = n * cols;
+    if (t->codec == NX_CODEC_MXFP4) {
+        uint8_t *packed = raw, *e8m0 = packed + elems / 2;
+        NX_TRY(nx_source_stored_rows(src, tensor, r, n, packed, e8m0, e));
+        *m = nx_mxfp4_absmax(packed, e8m0, n, cols);
         return NX_OK;
     }
     if (t->scale >= 0) {
@@ -89,7 +89,8 @@ typedef struct scratch {
 static int weight_absmax(nx_source *src, int64_t tensor, scratch *sc, float *amax, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
-    int64_t cols = t->shape[1], rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    int64_t cols = nx_tensor_cols(t);
+    int64_t rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
     float m = 0.0f;
     int kept;
     int rc = nx_source_keep(src, tensor, &kept, e);
@@ -131,6 +132,7 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
             rc = sc.w && sc.raw ? weight_absmax(src, q->tensor, &sc, &v, e)
                                 : nx_err_set(e, NX_EIO, "out of memory for the amax pass");
         }
+        a->w_own[i] = v;
         if (v > group[q->group])
             group[q->group] = v;
     }
@@ -263,8 +265,8 @@ static int module_kmax(nx_source *src, const nx_qmod *q, uint8_t **buf, size_t *
                        int32_t *kmax, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[q->tensor];
-    NX_ERROR_IF(t->scale < 0 || !nx_mxfp4_dtype(t->dtype), e, NX_EINPUT, "--cast-mxfp4: %s is "
-                "not an MXFP4 weight", t->name);
+    NX_ERROR_IF(t->codec != NX_CODEC_MXFP4, e, NX_EINPUT, "--cast-mxfp4: %s is not an MXFP4 "
+                "weight", t->name);
     size_t n = (size_t)src->c->t[t->scale].nbytes;
     if (n > *cap) {
         uint8_t *grown = realloc(*buf, n);
@@ -315,11 +317,12 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     memset(a, 0, sizeof *a);
     size_t n = (size_t)k->n_q + 1;
     a->w = malloc(n * sizeof *a->w);
+    a->w_own = calloc(n, sizeof *a->w_own);
     a->in = calloc(n, sizeof *a->in);
     a->w_from_weight = calloc(n, 1);
     a->in_from_layer = calloc(n, 1);
     float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
-    int rc = a->w && a->in && a->w_from_weight && a->in_from_layer && group
+    int rc = a->w && a->w_own && a->in && a->w_from_weight && a->in_from_layer && group
                  ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
@@ -330,6 +333,8 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     rc = nx_agree(rc, e, comm);
     if (rc == NX_OK && !cast) {
         MPI_Allreduce(MPI_IN_PLACE, group, (int)k->n_groups, MPI_FLOAT, MPI_MAX, comm);
+        /* computed ones are known to their owner only (0 elsewhere, below any amax) */
+        MPI_Allreduce(MPI_IN_PLACE, a->w_own, (int)k->n_q, MPI_FLOAT, MPI_MAX, comm);
         for (int64_t i = 0; i < k->n_q; i++)
             a->w[i] = group[k->q[i].group];
         rc = check_resolved(c, k, a->w, "weight", e);
@@ -346,6 +351,7 @@ void nx_amax_free(nx_amax *a)
 {
     free(a->k_shared);
     free(a->w);
+    free(a->w_own);
     free(a->in);
     free(a->w_from_weight);
     free(a->in_from_layer);

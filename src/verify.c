@@ -201,12 +201,7 @@ static int results_collect(vctx *v, nx_err *e)
 
 void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len)
 {
-    size_t used = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(t->dtype));
-    for (int i = 0; i < t->ndim && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
-                                 (long long)t->shape[i]);
-    if (used < len)
-        snprintf(buf + used, len - used, "]");
+    nx_shape_text(t->dtype, t->ndim, t->shape, buf, len);
 }
 
 static int file_exists(const char *dir, const char *name, nx_err *e, int *exists)
@@ -386,6 +381,11 @@ int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_
         c->fd_shard = t->shard;
     }
     return nx_pread_full(c->fd, buf, len, s->h.data_start + t->st->begin + off, s->path, e);
+}
+
+int nx_verify_read_cb(void *ctx, int64_t ti, uint64_t off, void *buf, size_t len, nx_err *e)
+{
+    return nx_verify_tensor_read(ctx, ti, off, buf, len, e);
 }
 
 /* ---- Module derivation -------------------------------------------------------------------- */
@@ -651,7 +651,7 @@ static uint64_t module_bytes(const vctx *v, const module *m)
     uint64_t b = tensor_bytes(&v->c, m->t[SFX_WEIGHT_SCALE]);
     if (v->o->model == NULL)
         return b;
-    snprintf(name, sizeof name, "%s.weight", m->name);
+    snprintf(name, sizeof name, "%s.weight", m->name); /* an INT4 source: its weight_packed */
     return b + tensor_bytes(&v->c, m->t[v->sfx_codes]) +
            tensor_bytes(&v->src, tensor_find(&v->src, name));
 }
@@ -794,7 +794,8 @@ static int refuse_source(vctx *v, nx_err *e)
     }
     nx_encoding enc;
     nx_err why = { 0 };
-    int rc = nx_encoding_detect(v->o->dir, v->config, in, v->c.n, &enc, &why);
+    int rc = nx_encoding_detect(v->o->dir, v->config, in, v->c.n, nx_verify_read_cb, &v->c,
+                                &enc, &why);
     if (rc == NX_OK)
         nx_err_set(e, NX_EINPUT, "%s is not an NVFP4 checkpoint (no hf_quant_config.json, no "
                    "NVFP4 quantization_config or scales): it is a source model, %s, %lld "
@@ -891,11 +892,30 @@ static int split_source(vctx *v, nx_err *e)
             v->item = i;
             rc = nx_verify_source_copied(v, i, e);
         }
+    if (v->o->sweep && (v->own = calloc((size_t)v->n_mod + 1, sizeof *v->own)) == NULL)
+        rc = nx_err_set(e, NX_EIO, "out of memory");
     v->phase = PH_SRC_QUANT;
     for (int64_t k = 0; rc == NX_OK && k < v->n_mod; k++)
         if (v->m[k].status == MOD_QUANT && v->mod_owner[k] == v->rank) {
             v->item = k;
             rc = nx_verify_source_module(v, k, e);
+        }
+    return agree(v, rc, e);
+}
+
+/* MSE against the source (--weight-calib mse), once every module's max |W| is known. */
+static int split_sweep(vctx *v, nx_err *e)
+{
+    int rc = NX_OK;
+    if (v->o->model == NULL || !v->o->sweep)
+        return NX_OK;
+    if (v->size > 1) /* each max is known to the module's owner, 0 elsewhere */
+        MPI_Allreduce(MPI_IN_PLACE, v->own, (int)v->n_mod, MPI_FLOAT, MPI_MAX, v->comm);
+    v->phase = PH_SRC_SWEEP;
+    for (int64_t k = 0; rc == NX_OK && k < v->n_mod; k++)
+        if (v->m[k].status == MOD_QUANT && v->mod_owner[k] == v->rank) {
+            v->item = k;
+            rc = nx_verify_source_sweep(v, k, e);
         }
     return agree(v, rc, e);
 }
@@ -930,6 +950,7 @@ static void vctx_free(vctx *v)
         free(v->found[i].line);
     free(v->found);
     free(v->entries);
+    free(v->own);
 }
 
 /* size 1 without MPI (nx_verify_run), or the ranks of v->comm. */
@@ -947,6 +968,8 @@ static int verify_run(vctx *v, nx_err *e)
         rc = rank0_run(v, e);
     if (rc == NX_OK)
         rc = split_source(v, e);
+    if (rc == NX_OK)
+        rc = split_sweep(v, e);
     int collected = results_collect(v, e); /* also after an error: what was found so far */
     rc = rc != NX_OK ? rc : collected;
     if (rc == NX_OK && v->report)

@@ -99,7 +99,7 @@ typedef struct xlist {
 /* ---- Violations: printed in (phase, item, seq) order, the same for any -np ---------------- */
 
 enum { PH_LOAD, PH_CONFIGS, PH_INDEX, PH_MODULES, PH_TENSORS, PH_FUSED, PH_EXPERTS,
-       PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT, PH_SRC_MISSING };
+       PH_EXCLUSION, PH_KV, PH_SRC_COPIED, PH_SRC_QUANT, PH_SRC_MISSING, PH_SRC_SWEEP };
 
 typedef struct violation {
     int64_t phase, item, seq; /* item: module or tensor index in split phases, else 0 */
@@ -138,6 +138,7 @@ typedef struct vctx {
     violation *found;
     int64_t n_found, cap_found;
     int found_failed; /* out of memory recording a violation */
+    float *own;       /* with o->sweep: per module, max |W| of its source weight */
     nx_report_entry *entries; /* statistics of the modules this rank checked (--model) */
     int64_t n_entries, cap_entries;
 } vctx;
@@ -184,6 +185,9 @@ void nx_violation(vctx *v, const char *rule, const char *name, const char *fmt, 
 int nx_verify_tensor_read(catalog *c, int64_t ti, uint64_t off, void *buf, size_t len,
                           nx_err *e);
 
+/* The same as a decode.h reader; ctx is the catalog. */
+int nx_verify_read_cb(void *ctx, int64_t ti, uint64_t off, void *buf, size_t len, nx_err *e);
+
 /* "BF16 [4, 32]". */
 void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len);
 
@@ -199,6 +203,9 @@ int nx_verify_check_index(vctx *v, nx_err *e);     /* I1 */
 int nx_verify_check_module(vctx *v, module *m, nx_err *e);
 int nx_verify_check_tensors(vctx *v, nx_err *e);   /* T1 T4 of every tensor, T3 of KV scales */
 int nx_verify_check_fused(vctx *v, nx_err *e);     /* T5 */
+/* The members (module indices) of the fused group of module name (q/k/v, gate/up, w1/w3, MLA
+ * q_a_proj or q_proj with kv_a_proj_with_mqa); 0 if it has none. */
+int nx_verify_fused_group(const vctx *v, const char *name, int64_t members[3]);
 int nx_verify_check_experts(vctx *v, nx_err *e);   /* M1 M2 M3 */
 int nx_verify_check_exclusion(vctx *v, nx_err *e); /* M4 E1 E2 */
 int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
@@ -227,6 +234,9 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e);
 int nx_verify_source_module(vctx *v, int64_t k, nx_err *e);
 /* T2: every source tensor is in the checkpoint. */
 int nx_verify_source_missing(vctx *v, nx_err *e);
+/* MSE (o->sweep): the block scales of quantized module k, on a sample of blocks (o->full:
+ * all), are those ModelOpt's MSE sweep chooses. v->own must hold every module's max |W|. */
+int nx_verify_source_sweep(vctx *v, int64_t k, nx_err *e);
 
 /* ---- Small helpers ------------------------------------------------------------------------ */
 

@@ -662,7 +662,7 @@ static int leaf_in(const char *leaf, const char *const *set)
 }
 
 /* The members (module indices, existing and real modules) of m's fused group; 0 if none. */
-static int fused_group(const vctx *v, const char *name, int64_t members[3])
+int nx_verify_fused_group(const vctx *v, const char *name, int64_t members[3])
 {
     static const char *const qkv[] = { "q_proj", "k_proj", "v_proj", NULL };
     static const char *const mla_q[] = { "q_proj", "q_a_proj", "kv_a_proj_with_mqa", NULL };
@@ -718,7 +718,7 @@ int nx_verify_check_fused(vctx *v, nx_err *e)
         int64_t members[3];
         if (v->m[k].status == MOD_NONE)
             continue;
-        int n = fused_group(v, v->m[k].name, members);
+        int n = nx_verify_fused_group(v, v->m[k].name, members);
         if (n < 2 || members[0] != k)
             continue; /* checked once, from the group's first member */
         for (int i = 1; i < n; i++)

@@ -156,23 +156,34 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
-/* An FP8 block-scaled weight left unquantized is written as its BF16 dequantization. */
+/* An encoded (FP8, INT4, MXFP4) weight left unquantized is written as its BF16 decoding. */
 static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     const nx_tensor *t = &wr->c->t[w->tensor];
     const nx_out *out = &wr->p->out[w->first];
-    int64_t cols = t->shape[1], per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    int64_t cols = nx_tensor_cols(t);
+    int64_t per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
     for (int64_t r = 0; r < t->shape[0] && !wr->pg.stop; r += per) {
         int64_t n = t->shape[0] - r < per ? t->shape[0] - r : per;
         NX_TRY(nx_source_read_rows_f32(wr->src, w->tensor, r, n, wr->w, wr->raw, e));
-        uint16_t *bf = wr->raw; /* the FP8 bytes are consumed: reuse raw for BF16 */
+        uint16_t *bf = wr->raw; /* the stored bytes are consumed: reuse raw for BF16 */
         for (int64_t i = 0; i < n * cols; i++)
             bf[i] = nx_f32_to_bf16(wr->w[i]);
         NX_TRY(out_write(wr, out, (uint64_t)(r * cols) * 2, bf, (size_t)(n * cols) * 2, e));
-        wr->done += (uint64_t)(n * cols);
+        wr->done += (uint64_t)n * (t->nbytes / (uint64_t)t->shape[0]);
         nx_progress_poll(&wr->pg, wr->done);
     }
     return NX_OK;
+}
+
+/* --weight-calib mse: the whole tensor's per-block amax from the sweep. */
+static int swept_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    int64_t n = m->rows * (m->cols / NX_BLOCK);
+    *blocks = malloc(((size_t)n + 1) * sizeof **blocks);
+    NX_ALLOC_CHECK(*blocks, e, "the swept block amax");
+    return nx_mse_block_amax(wr->o->mse, q, 0, n, *blocks, e);
 }
 
 static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
@@ -192,7 +203,6 @@ static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
     return rc;
 }
 
-/* Threads split the rows of one block; each row is independent. */
 /* Threads split the rows of one block; each row is independent. Returns -1 when the rows
  * hold NaN or Inf. */
 static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrows, int64_t cols,
@@ -212,7 +222,8 @@ static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrow
     return bad ? -1 : 0;
 }
 
-/* The kernels read BF16/F16/F32 as stored; FP8 block-scaled sources are dequantized first. */
+/* The kernels read BF16/F16/F32 as stored; encoded (FP8, INT4, MXFP4) sources are decoded
+ * first. */
 static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r, int64_t n,
                       const void **src, nx_dtype *dt, nx_err *e)
 {
@@ -239,6 +250,26 @@ static void report_rows(writer *wr, const void *src, nx_dtype dt, int64_t n, int
     nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales, ws2);
 }
 
+/* --report of a swept module, once the rows' codes are written (the buffers are reused): the
+ * error the dynamic (max) scales would have had, and the chosen amax over each block's max. */
+static void report_sweep(writer *wr, const void *src, nx_dtype dt, int64_t n, int64_t cols,
+                         int64_t q, const float *blocks)
+{
+    nx_report_entry *r = &wr->rep[wr->n_rep - 1];
+    for (int64_t b = 0; b < n * cols / NX_BLOCK; b++) {
+        float m = nx_absmax_f32(wr->w + b * NX_BLOCK, NX_BLOCK);
+        if (m > 0.0f) {
+            r->sw.scale_ratio_sum += (double)blocks[b] / (double)m;
+            r->sw.scale_ratio_blocks++;
+        }
+    }
+    quantize_block(wr, src, dt, n, cols, wr->a->w[q], NULL); /* finite: checked before */
+    nx_qstats max = { 0 };
+    nx_qstats_add(&max, wr->w, n, cols, wr->codes, wr->scales,
+                  nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
+    r->sw.sum_sq_err_max += max.sum_sq_err;
+}
+
 static int report_begin(writer *wr, int64_t q, nx_err *e)
 {
     if (wr->n_rep == wr->cap_rep) {
@@ -255,6 +286,7 @@ static int report_begin(writer *wr, int64_t q, nx_err *e)
     r->w_from_weight = wr->a->w_from_weight[q];
     r->in_from_layer = wr->a->in_from_layer[q];
     r->w_static = wr->s->w_static[q];
+    r->w_swept = wr->o->mse != NULL;
     wr->n_rep++;
     return NX_OK;
 }
@@ -266,7 +298,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
     const nx_tensor *t = &wr->c->t[m->tensor];
     const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
     int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
-    uint64_t row_bytes = (uint64_t)t->shape[1] * nx_dtype_size(t->dtype);
+    uint64_t row_bytes = t->nbytes / (uint64_t)m->rows; /* as stored: progress counts these */
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
         const void *src;
@@ -274,7 +306,7 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
         NX_TRY(read_block(wr, t, m->tensor, r, n, &src, &dt, e));
         NX_ERROR_IF(dt != NX_DT_BF16 && dt != NX_DT_F16 && dt != NX_DT_F32, e, NX_EINPUT,
                     "%s: tensor %s has dtype %s; quantized weights must be BF16, F16, F32 or "
-                    "FP8 with scales", nx_source_path(wr->src, m->tensor), t->name,
+                    "encoded with scales", nx_source_path(wr->src, m->tensor), t->name,
                     nx_dtype_name(t->dtype));
         NX_ERROR_IF(quantize_block(wr, src, dt, n, m->cols, wr->a->w[q],
                                    blocks ? blocks + r * (m->cols / NX_BLOCK) : NULL) != 0,
@@ -288,6 +320,8 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
+        if (wr->o->report && wr->o->mse)
+            report_sweep(wr, src, dt, n, m->cols, q, blocks + r * (m->cols / NX_BLOCK));
         wr->done += (uint64_t)n * row_bytes;
         nx_progress_poll(&wr->pg, wr->done);
     }
@@ -332,6 +366,7 @@ static int cast_rows(writer *wr, const nx_work *w, int64_t q, nx_err *e)
     const nx_tensor *t = &wr->c->t[m->tensor];
     const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
     int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
+    uint64_t row_bytes = t->nbytes / (uint64_t)m->rows; /* as stored: progress counts these */
     uint8_t *packed = wr->raw, *e8m0 = packed + (size_t)(per * m->cols / 2);
     nx_mxfp4_cast mc;
     int k_window = NX_E8M0_NONE;
@@ -339,7 +374,7 @@ static int cast_rows(writer *wr, const nx_work *w, int64_t q, nx_err *e)
     nx_mxfp4_cast_init(&mc, wr->a->k_shared[q], k_window);
     for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
         int64_t n = m->rows - r < per ? m->rows - r : per;
-        NX_TRY(nx_source_mxfp4_rows(wr->src, m->tensor, r, n, packed, e8m0, e));
+        NX_TRY(nx_source_stored_rows(wr->src, m->tensor, r, n, packed, e8m0, e));
         int64_t lossless = cast_block_rows(wr, &mc, packed, e8m0, n, m->cols);
         NX_ERROR_IF(lossless < 0, e, NX_EINPUT, "%s: tensor %s has a NaN scale (E8M0 0xFF) or "
                     "values beyond float32 (rows %lld-%lld)", nx_source_path(wr->src,
@@ -354,7 +389,7 @@ static int cast_rows(writer *wr, const nx_work *w, int64_t q, nx_err *e)
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
-        wr->done += (uint64_t)n * (uint64_t)t->shape[1];
+        wr->done += (uint64_t)n * row_bytes;
         nx_progress_poll(&wr->pg, wr->done);
     }
     return NX_OK;
@@ -371,7 +406,8 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     int64_t q = wr->k->qmod_of[w->tensor];
     float *blocks = NULL;
-    int rc = wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
+    int rc = wr->o->mse ? swept_blocks(wr, q, &blocks, e)
+             : wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
     if (rc == NX_OK && wr->o->report)
         rc = report_begin(wr, q, e);
     if (rc == NX_OK && wr->o->cast_mxfp4)

@@ -159,24 +159,13 @@ make_bad() { # make_bad CASE DIR: a copy of the release with one defect
     rm -rf "$2"
     cp -r "$M" "$2"
     "$NX_PYTHON" - "$1" "$2" <<'EOF'
-import json, os, sys
+import os, sys
 sys.path.insert(0, os.environ["NX_TESTS"])
-from gen_checkpoint import write_safetensors
-from nvfp4_ref import read_safetensors
+from gen_checkpoint import rewrite_tensor
 case, d = sys.argv[1:]
-index_path = os.path.join(d, "model.safetensors.index.json")
-index = json.load(open(index_path))
 
 def rewrite(name, new):  # new: (dtype, shape, bytes), or None to delete the tensor
-    shard = os.path.join(d, index["weight_map"][name])
-    tensors, meta = read_safetensors(shard)
-    tensors = {n: (t.dtype, t.shape, t.data) for n, t in tensors.items()}
-    if new is None:
-        del tensors[name], index["weight_map"][name]
-    else:
-        tensors[name] = new
-    write_safetensors(shard, tensors, meta)
-    json.dump(index, open(index_path, "w"), indent=2)
+    rewrite_tensor(d, name, new)
 
 if case == "scale-shape":
     rewrite("layers.3.ffn.experts.1.w2.scale", ("F8_E8M0", [160, 2], bytes(320)))
@@ -212,6 +201,8 @@ check "refused: no calibrated input amax for a projection, named" no_w2_input
 check "refused: --weight-only" refused 1 "$M" "$CAL" "--weight-only" "$W/wo-out" --weight-only
 check "refused: --format compressed-tensors" refused 1 "$M" "$CAL" "compressed-tensors" \
     "$W/ct-out" --format compressed-tensors
+check "refused: --weight-calib mse" refused 1 "$M" "$CAL" "--weight-calib mse" "$W/mse-out" \
+    --weight-calib mse
 gen qwen3moe "$W"
 check "refused: --cast-mxfp4 on another family" refused 1 "$W/qwen3moe" "$W/qwen3moe.h5" \
     "--cast-mxfp4" "$W/other-out" --cast-mxfp4

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Scale: `plan` on a checkpoint with exactly the shape of Kimi-K2 (61 layers, 384 experts,
 # ~70k tensors, 2.05 TB of BF16 in 64 shards whose data sections are holes) for 1024 ranks
-# succeeds, counts what the shape implies, and stays under 1 GB of memory. The time is printed,
-# not asserted. Then the same for DeepSeek-V4-Pro as released (61 layers x 384 MXFP4 experts,
-# 145116 tensors, ~860 GB in 64 shards, tests/gen_dsv4.py sparse): under 10 s (asserted in
-# optimized builds without sanitizers) and 1 GB.
+# succeeds, counts what the shape implies, and stays under 1 GB of memory; the same for
+# Kimi-K2-Thinking's INT4 release (208k tensors, 62 shards) with --quantize mlp, its usual
+# recipe. Those times are printed, not asserted. Then DeepSeek-V4-Pro as released (61 layers x
+# 384 MXFP4 experts, 145116 tensors, ~860 GB in 64 shards, tests/gen_dsv4.py sparse): under
+# 10 s (asserted in optimized builds without sanitizers) and 1 GB.
 source "$(dirname "$0")/lib.sh"
 W=$(work_dir scale)
 K=$W/kimi
@@ -34,12 +35,20 @@ small_on_disk() {
 }
 check "sparse checkpoint: ~2 TB apparent, < 100 MB on disk" small_on_disk
 
-rc=0
-/usr/bin/time -f '%e %M' -o "$W/time.txt" \
-    "$NX_BIN" plan --model "$K" --ranks 1024 >"$W/plan.txt" 2>"$W/plan.err" </dev/null || rc=$?
-read -r secs rss_kb < <(tail -n 1 "$W/time.txt" 2>/dev/null) || true
-echo "plan on the Kimi-K2 shape, 1024 ranks: ${secs} s, peak RSS $((rss_kb / 1024)) MiB (exit $rc)"
-[ "$rc" -eq 0 ] || cat "$W/plan.err"
+# timed_plan NAME SHAPE MODEL [ARGS...]: plan for 1024 ranks into $W/NAME.txt (errors in
+# NAME.err) under /usr/bin/time; sets rc, secs and rss_kb and prints them.
+timed_plan() {
+    local name=$1 shape=$2 model=$3
+    shift 3
+    rc=0
+    /usr/bin/time -f '%e %M' -o "$W/$name.time" "$NX_BIN" plan --model "$model" --ranks 1024 \
+        "$@" >"$W/$name.txt" 2>"$W/$name.err" </dev/null || rc=$?
+    read -r secs rss_kb < <(tail -n 1 "$W/$name.time" 2>/dev/null) || true
+    echo "plan on the $shape shape, 1024 ranks: ${secs} s, peak RSS $((rss_kb / 1024)) MiB" \
+        "(exit $rc)"
+    [ "$rc" -eq 0 ] || cat "$W/$name.err"
+}
+timed_plan plan Kimi-K2 "$K"
 
 has() { grep -qxF -- "$1" "$W/plan.txt" || { echo "missing line: $1"; return 1; }; }
 check "plan exit status 0" test "$rc" -eq 0
@@ -62,6 +71,35 @@ check "plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
 rm -rf "$K"
 check "sparse checkpoint deleted" test ! -e "$K"
 
+# Kimi-K2-Thinking: every routed expert projection is weight_packed + weight_scale +
+# weight_shape; the plan decodes nothing but reads the 69,120 weight_shape values.
+T=$W/kimi-thinking
+trap 'rm -rf "$K" "$T"' EXIT
+TT=$((3 + D * 12 + MOE * (9 + 2 + 9 * E + 3)))
+ENC=$((MOE * 3 * E))                       # INT4 weights
+QMLP=$((D * 3 + MOE * (3 * E + 3)))        # --quantize mlp: dense MLP, routed and shared experts
+GMLP=$((D * 2 + MOE * (2 * E + 2)))
+XMLP=$((2 + MOE + L * 5))                  # embed_tokens, lm_head, routers, the MLA linears
+OUT_T=$((4 * QMLP + TT - 2 * ENC - QMLP))  # scales and weight shapes are not written
+check "generate Kimi-K2-Thinking-shaped sparse INT4 checkpoint" \
+    "$NX_PYTHON" "$NX_TESTS/gen_kimi_sparse.py" --out "$T" --int4
+timed_plan plan-t "Kimi-K2-Thinking INT4" "$T" --quantize mlp
+hast() { grep -qxF -- "$1" "$W/plan-t.txt" || { echo "missing line: $1"; return 1; }; }
+check "INT4 plan exit status 0" test "$rc" -eq 0
+check "INT4 plan: $TT tensors in 62 files" hast "model: $T (kimi_k2), $TT tensors, 62 files"
+check "INT4 plan: $ENC INT4 weights" hast "source encoding: INT4 pack-quantized, group 32 \
+(compressed-tensors); $ENC encoded weights decoded to BF16 on read"
+check "INT4 plan: $QMLP quantized linears, $GMLP groups" \
+    hast "quantized linears: $QMLP in $GMLP fused groups; MoE expert slots: $SLOTS"
+check "INT4 plan: $XMLP excluded modules, attention among them" bash -c '
+    grep -qxF "excluded modules: $2, exclude_modules:" "$1" &&
+    grep -qx "  model.layers.0.self_attn\*" "$1" && grep -qx "  model.layers.60.self_attn\*" "$1"
+' _ "$W/plan-t.txt" "$XMLP"
+check "INT4 plan: $OUT_T output tensors" \
+    grep -q "^output: $OUT_T tensors in [0-9]* shards$" "$W/plan-t.txt"
+check "INT4 plan: peak RSS < 1 GB" test "${rss_kb:-99999999}" -lt 1000000
+rm -rf "$T"
+
 # DeepSeek-V4-Pro as released: every main-layer routed expert projection becomes four tensors
 # (its .scale dropped), the rest is copied, the 64 source shards are kept.
 V=$W/dsv4pro
@@ -70,13 +108,7 @@ V_TENSORS=145116 V_QUANT=$((61 * 384 * 3)) V_GROUPS=$((61 * 384 * 2))
 V_OUT=$((V_TENSORS - V_QUANT + 3 * V_QUANT))
 check "generate DeepSeek-V4-Pro-shaped sparse checkpoint" \
     "$NX_PYTHON" "$NX_TESTS/gen_dsv4.py" sparse --out "$V"
-rc=0
-/usr/bin/time -f '%e %M' -o "$W/v4time.txt" \
-    "$NX_BIN" plan --model "$V" --ranks 1024 >"$W/v4plan.txt" 2>"$W/v4plan.err" </dev/null || rc=$?
-read -r secs rss_kb < <(tail -n 1 "$W/v4time.txt" 2>/dev/null) || true
-echo "plan on the DeepSeek-V4-Pro shape, 1024 ranks: ${secs} s, peak RSS $((rss_kb / 1024)) MiB" \
-    "(exit $rc)"
-[ "$rc" -eq 0 ] || cat "$W/v4plan.err"
+timed_plan v4plan DeepSeek-V4-Pro "$V"
 v4has() { grep -qxF -- "$1" "$W/v4plan.txt" || { echo "missing line: $1"; return 1; }; }
 check "V4 plan exit status 0" test "$rc" -eq 0
 check "V4 plan names the model and its tensors" \

@@ -45,6 +45,26 @@ def write_safetensors(path, tensors, metadata=None):
         f.write(safetensors_bytes(tensors, {"format": "pt"} if metadata is None else metadata))
 
 
+def rewrite_tensor(d, name, new):
+    """Replaces tensor `name` of the indexed checkpoint in directory d by new, a (dtype, shape,
+    bytes) triple, or deletes it (from its shard and the index) when new is None: one defect
+    planted for a refusal test. The shard keeps its metadata."""
+    from nvfp4_ref import read_safetensors  # the strict reader (nvfp4_ref imports nothing here)
+    index_path = os.path.join(d, "model.safetensors.index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    shard = os.path.join(d, index["weight_map"][name])
+    tensors, meta = read_safetensors(shard)
+    tensors = {n: (t.dtype, t.shape, t.data) for n, t in tensors.items()}
+    if new is None:
+        del tensors[name], index["weight_map"][name]
+    else:
+        tensors[name] = new
+    write_safetensors(shard, tensors, meta)
+    with open(index_path, "w") as f:
+        json.dump(index, f, indent=2)
+
+
 def f32_to_bf16_bits(x):
     """float32 -> bf16 bits, round to nearest even (finite input)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -300,14 +320,17 @@ def _scalar(rng, value, allow_f64=True):
     return np.full(shape, value, dtype=dtype)
 
 
-def calibration(rng, m, static_attention, nlayers):
-    """{dataset path: array}. See DESIGN.md for the schema."""
+def calibration(rng, m, static_attention, nlayers, quantized_pred=None):
+    """{dataset path: array}. See DESIGN.md for the schema. quantized_pred(module, cols,
+    nlayers) says which modules a calibration run would have statistics for (default:
+    default_quantized)."""
     data = {}
+    pred = quantized_pred or default_quantized
 
     def put(module, quantizer, buf, arr):
         data["%s/%s/%s" % (module.replace(".", "/"), quantizer, buf)] = arr
 
-    quantized = [(mod, r, c) for mod, r, c in m.linears if default_quantized(mod, c, nlayers)]
+    quantized = [(mod, r, c) for mod, r, c in m.linears if pred(mod, c, nlayers)]
     moe_layers = sorted({_routed_expert(mod)[0] for mod, _, _ in quantized if _routed_expert(mod)})
     silent = {layer: int(rng.integers(4)) for layer in moe_layers}  # experts that saw no tokens
     static_layer = moe_layers[-1]

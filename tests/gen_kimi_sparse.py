@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Generate a sparse checkpoint with exactly the shape of Kimi-K2 (DeepSeek-V3 architecture).
 
-  gen_kimi_sparse.py --out DIR [--layers N] [--shards K] [--nvfp4]
+  gen_kimi_sparse.py --out DIR [--layers N] [--shards K] [--nvfp4 | --int4]
 
 DIR gets Kimi-K2's config.json (model_type kimi_k2, hidden 7168, 61 layers, first layer dense,
 384 routed experts + 1 shared, MLA attention with q/kv LoRA, vocab 163840, no MTP layer), a
@@ -19,6 +19,13 @@ unified layout: every linear but the routers, embeddings and lm_head quantized, 
 export's pre-commit check at Kimi-K2 scale (docs/performance.md). The per-tensor scales hold
 real values (one per layer, so fused groups and MoE layers agree); codes and block scales are
 holes, read as zeros.
+
+--int4 gives Kimi-K2-Thinking's release instead: every routed expert projection stored as
+compressed-tensors pack-quantized INT4 (weight_packed I32 [out, in/8], weight_scale BF16
+[out, in/32], weight_shape I64 [2]), config.json with its quantization_config (ignore list
+included), 62 shards (default) spelled model-000NN-of-000062 as released: about 594 GB and
+208,215 tensors. The weight_shape values are written for real (the exporter reads them while
+cataloguing); every other data byte is a hole.
 """
 
 import argparse
@@ -33,8 +40,24 @@ import time
 DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
                "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
 DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
-DTYPE_SIZE = {"U8": 1, "F8_E4M3": 1, "BF16": 2, "F32": 4}
+DTYPE_SIZE = {"U8": 1, "F8_E4M3": 1, "BF16": 2, "F32": 4, "I32": 4, "I64": 8}
 OUT_SHARD_BYTES = 10 * 10**9  # the export's default --max-shard-size
+
+# Kimi-K2-Thinking's quantization_config (FAMILIES.md 3.1).
+INT4_QUANTIZATION_CONFIG = {
+    "config_groups": {"group_0": {
+        "input_activations": None, "output_activations": None, "targets": ["Linear"],
+        "weights": {"actorder": None, "block_structure": None, "dynamic": False,
+                    "group_size": 32, "num_bits": 4, "observer": "minmax",
+                    "observer_kwargs": {}, "strategy": "group", "symmetric": True,
+                    "type": "int"}}},
+    "format": "pack-quantized",
+    "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*",
+               "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"],
+    "kv_cache_scheme": None,
+    "quant_method": "compressed-tensors",
+    "quantization_status": "compressed",
+}
 
 # Kimi-K2-Instruct's config.json, less its FP8 quantization_config (this checkpoint is BF16).
 KIMI_K2_CONFIG = {
@@ -93,7 +116,16 @@ KIMI_K2_CONFIG = {
 }
 
 
-def kimi_tensors(cfg):
+def expert_tensors(q, rows, cols, int4):
+    """One routed expert projection: BF16, or INT4 pack-quantized (group 32)."""
+    if not int4:
+        return [(q + ".weight", "BF16", (rows, cols))]
+    return [(q + ".weight_packed", "I32", (rows, cols // 8)),
+            (q + ".weight_scale", "BF16", (rows, cols // 32)),
+            (q + ".weight_shape", "I64", (2,))]
+
+
+def kimi_tensors(cfg, int4=False):
     """[(name, dtype, shape)] in the real model's state-dict order."""
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     heads, qr, kvr = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
@@ -123,9 +155,9 @@ def kimi_tensors(cfg):
               (p + "mlp.gate.e_score_correction_bias", "F32", (E,))]
         for e in range(E):
             q = p + "mlp.experts.%d." % e
-            t += [(q + "gate_proj.weight", bf, (mi, H)),
-                  (q + "up_proj.weight", bf, (mi, H)),
-                  (q + "down_proj.weight", bf, (H, mi))]
+            t += expert_tensors(q + "gate_proj", mi, H, int4)
+            t += expert_tensors(q + "up_proj", mi, H, int4)
+            t += expert_tensors(q + "down_proj", H, mi, int4)
         t += [(p + "mlp.shared_experts.gate_proj.weight", bf, (shared, H)),
               (p + "mlp.shared_experts.up_proj.weight", bf, (shared, H)),
               (p + "mlp.shared_experts.down_proj.weight", bf, (H, shared))]
@@ -152,9 +184,15 @@ def split_shards(sizes, k):
     return k, assign
 
 
+def weight_shape_value(name, tensors_by_name):
+    """The [out, in] an INT4 X.weight_shape holds: X.weight_packed's rows and 8 x words."""
+    rows, words = tensors_by_name[name[:-len("_shape")] + "_packed"]
+    return struct.pack("<2q", rows, 8 * words)
+
+
 def write_sparse_shard(path, entries, values=None):
-    """Header for real, data section as a hole but for values (name -> bytes); returns the
-    data bytes."""
+    """Header for real, data section as a hole but for values {name: bytes}; returns the data
+    bytes."""
     items = sorted(entries, key=lambda t: (-DTYPE_RANK[t[1]], t[0]))
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, dtype, shape in items:
@@ -165,7 +203,7 @@ def write_sparse_shard(path, entries, values=None):
     hdr += b" " * ((8 - len(hdr) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hdr)) + hdr)
-        for name, _, _ in items:
+        for name, _, _ in items:  # values may hold other shards' tensors too
             if values and name in values:
                 f.seek(8 + len(hdr) + header[name]["data_offsets"][0])
                 f.write(values[name])
@@ -203,7 +241,7 @@ def f32(x):
 def nvfp4_tensors(cfg):
     """The export's tensors [(name, dtype, shape)] and scalar values {name: bytes}."""
     tensors, values = [], {}
-    for name, dtype, shape in kimi_tensors(cfg):
+    for name, dtype, shape in kimi_tensors(cfg, False):
         if not is_quantized(name, shape):
             tensors.append((name, dtype, shape))
             continue
@@ -250,15 +288,23 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--layers", type=int, default=61, help="hidden layers, 1..61 (61)")
     ap.add_argument("--shards", type=int, default=0,
-                    help="number of source shards (default 64, scaled down with --layers)")
+                    help="number of source shards (default 64, or 62 with --int4; scaled down "
+                         "with --layers)")
     ap.add_argument("--nvfp4", action="store_true",
                     help="write the NVFP4 export of the checkpoint instead")
+    ap.add_argument("--int4", action="store_true",
+                    help="Kimi-K2-Thinking: routed experts INT4 pack-quantized")
     args = ap.parse_args(argv)
     if not 1 <= args.layers <= 61:
         ap.error("--layers must be 1..61")
+    if args.nvfp4 and args.int4:
+        ap.error("--nvfp4 and --int4 exclude each other")
     t0 = time.time()
     cfg = dict(KIMI_K2_CONFIG, num_hidden_layers=args.layers)
-    tensors, values = nvfp4_tensors(cfg) if args.nvfp4 else (kimi_tensors(cfg), {})
+    if args.int4:
+        cfg["quantization_config"] = INT4_QUANTIZATION_CONFIG
+    tensors, values = nvfp4_tensors(cfg) if args.nvfp4 else (kimi_tensors(cfg, args.int4), {})
+    by_name = {n: shape for n, _, shape in tensors}
     sizes = [nbytes(d, s) for _, d, s in tensors]
     total = sum(sizes)
     os.makedirs(args.out, exist_ok=True)
@@ -267,11 +313,15 @@ def main(argv=None):
         cfg, hq = nvfp4_configs(cfg, tensors)
         _json(os.path.join(args.out, "hf_quant_config.json"), hq)
     else:
-        k, assign = split_shards(sizes, args.shards or max(1, round(64 * args.layers / 61)))
+        k, assign = split_shards(sizes, args.shards or
+                                 max(1, round((62 if args.int4 else 64) * args.layers / 61)))
     weight_map = {}
     for s in range(k):
-        fname = "model-%05d-of-%05d.safetensors" % (s + 1, k)
+        fname = ("model-%05d-of-%06d.safetensors" if args.int4
+                 else "model-%05d-of-%05d.safetensors") % (s + 1, k)
         entries = [t for t, a in zip(tensors, assign) if a == s]
+        values.update({n: weight_shape_value(n, by_name) for n, _, _ in entries
+                       if n.endswith(".weight_shape")})
         write_sparse_shard(os.path.join(args.out, fname), entries, values)
         weight_map.update({n: fname for n, _, _ in entries})
     _json(os.path.join(args.out, "model.safetensors.index.json"),

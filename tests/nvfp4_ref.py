@@ -375,20 +375,136 @@ class Calib:
 
 
 # --------------------------------------------------------------------------------------
+# Source decoding (README "Source encodings", FAMILIES.md 3)
+# --------------------------------------------------------------------------------------
+
+def _bf16_rne_tensor(values, shape):
+    """float32 array -> BF16 Tensor, round to nearest even (finite values)."""
+    u = np.ascontiguousarray(values, dtype=F32).view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+    return Tensor("BF16", shape, bits.tobytes())
+
+
+def _scale_f32(t, name):
+    if t.dtype not in ("BF16", "F16", "F32"):
+        raise RefError("%s: scale dtype %s" % (name, t.dtype))
+    return t.to_f32(name)
+
+
+def decode_fp8(codes_t, scale_t, block, name):
+    """F8_E4M3 [r, c] times one scale per tile -> BF16 RNE of the float32 product. block:
+    weight_block_size, or None for a per-tensor ([] / [1]) or per-row ([r, 1]) scale."""
+    rows, cols = codes_t.shape
+    codes = np.frombuffer(codes_t.data, np.uint8).reshape(rows, cols)
+    s = _scale_f32(scale_t, name).reshape(-1)
+    if block:
+        s = s.reshape(-(-rows // block[0]), -(-cols // block[1]))
+        s = np.repeat(np.repeat(s, block[0], axis=0), block[1], axis=1)[:rows, :cols]
+    elif s.size == rows and s.size != 1:
+        s = s.reshape(rows, 1)
+    return _bf16_rne_tensor((E4M3_DECODE[codes] * s).astype(F32), [rows, cols])
+
+
+def decode_int4(packed_t, scale_t, shape_t, name):
+    """compressed-tensors pack-quantized: value 8j+t of a row is bits 4t..4t+3 of I32 word j
+    minus 8; times its group's scale in float32, rounded to BF16."""
+    out, inp = (int(v) for v in np.frombuffer(shape_t.data,
+                                              "<i8" if shape_t.dtype == "I64" else "<i4"))
+    words = np.frombuffer(packed_t.data, "<u4").reshape(out, inp // 8)
+    q = np.empty((out, inp), dtype=np.int32)
+    for t in range(8):
+        q[:, t::8] = ((words >> np.uint32(4 * t)) & 0xF).astype(np.int32) - 8
+    scale = _scale_f32(scale_t, name).reshape(out, -1)
+    s = np.repeat(scale, inp // scale.shape[1], axis=1)
+    return _bf16_rne_tensor((q.astype(F32) * s).astype(F32), [out, inp])
+
+
+def _quantization_config(config):
+    qc = config.get("quantization_config")
+    if qc is None and isinstance(config.get("text_config"), dict):
+        qc = config["text_config"].get("quantization_config")
+    return qc
+
+
+def decode_source(config, tensors):
+    """The tensors an export works from: encoded weights (FP8, INT4) replaced by their BF16
+    decoding under the linear's name X.weight; their scales, weight shapes and static
+    activation scales gone."""
+    qc = _quantization_config(config)
+    if not qc:
+        return tensors
+    method, fmt = qc.get("quant_method"), qc.get("format")
+    out = dict(tensors)
+    if method == "compressed-tensors" and fmt == "pack-quantized":
+        for name in [n for n in tensors if n.endswith(".weight_packed")]:
+            base = name[:-len(".weight_packed")]
+            out[base + ".weight"] = decode_int4(out.pop(name), out.pop(base + ".weight_scale"),
+                                                out.pop(base + ".weight_shape"), name)
+        return out
+    if method == "fp8" or (method == "compressed-tensors" and fmt == "float-quantized"):
+        block = qc.get("weight_block_size") if method == "fp8" else None
+        suffix = "_scale_inv" if block else "_scale"
+        for name in [n for n, t in tensors.items() if t.dtype == "F8_E4M3"]:
+            out[name] = decode_fp8(out[name], out.pop(name + suffix), block, name)
+        for name in [n for n in out if n.endswith((".input_scale", ".k_scale", ".v_scale"))]:
+            del out[name]
+        return out
+    raise RefError("config.json: quantization_config %s/%s is not a source the reference "
+                   "decodes" % (method, fmt))
+
+
+# --------------------------------------------------------------------------------------
+# Selection (FAMILIES.md 5.1: ModelOpt's recipes, applied to quantizer names)
+# --------------------------------------------------------------------------------------
+
+# Disabled quantizers: ModelOpt's defaults (its *block_sparse_moe.gate* taken for the router
+# only, as README says), then the indexer and Kimi-K2.5 projector decisions.
+NEVER_PATTERNS = [
+    "*block_sparse_moe.gate.*", "*linear_attn.conv1d*", "*linear_attn.in_proj_a*",
+    "*linear_attn.in_proj_b*", "*lm_head*", "*mixer.conv1d*", "*mlp.gate.*",
+    "*mlp.shared_expert_gate.*", "*output_layer*", "*proj_out.*", "*router*", "mtp.*",
+    "output.*", "*embed_vision*", "*vision_tower*", "*visual*", "*vision_model*",
+    "*multi_modal_projector*", "*indexer*", "*mm_projector*",
+]
+POLICY_PATTERNS = {
+    "all": ["*"],
+    "mlp": ["*mlp*", "*block_sparse_moe*", "*.experts.*", "*.mixer.up_proj.*",
+            "*.mixer.down_proj.*"],
+    "experts": ["*mlp.experts*", "*block_sparse_moe*", "*.experts.*"],
+}
+# Modules with a 2-D weight that are no linear: vocabulary tables (and convolutions, 3-D).
+NOT_LINEAR_SUFFIXES = ("embed_tokens", "word_embeddings", "tok_embeddings", "wte", "conv1d")
+# Last name components the reference takes for linears; anything else 2-D is left out.
+LINEAR_LEAVES = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "q_a_proj", "q_b_proj",
+    "kv_a_proj_with_mqa", "kv_b_proj", "wq_b", "wk", "weights_proj", "query_key_value", "dense",
+    "in_proj_qkvz", "in_proj_ba", "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
+    "out_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "w1", "w2", "w3", "gate",
+    "router", "shared_expert_gate", "lm_head", "eh_proj", "head", "fc",
+}
+
+
+def selected(module, policy):
+    """Whether the recipe quantizes this linear (MTP aside)."""
+    quantizer = module + ".weight_quantizer"
+    if any(fnmatch.fnmatchcase(quantizer, p) for p in NEVER_PATTERNS):
+        return False
+    if module.rpartition(".")[2] in NOT_LINEAR_SUFFIXES or module.endswith(NOT_LINEAR_SUFFIXES):
+        return False
+    if module.rpartition(".")[2] not in LINEAR_LEAVES:
+        return False
+    return any(fnmatch.fnmatchcase(quantizer, p) for p in POLICY_PATTERNS[policy])
+
+
+# --------------------------------------------------------------------------------------
 # Classification (DESIGN.md "Rules")
 # --------------------------------------------------------------------------------------
 
-SCOPES = {"self_attn", "mlp", "block_sparse_moe"}
-ROUTER_SUFFIXES = ("mlp.gate", ".router", "block_sparse_moe.gate", "shared_expert_gate")
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 EXPERT_RE = re.compile(r"^(.*)\.experts\.(\d+)\.([^.]+)$")
 ATTN_RE = re.compile(r"^(.*\.self_attn)\.")
 # Projections of one routed expert that share an input-amax slot.
 INPUT_SLOT = {"gate_proj": "gate_up", "up_proj": "gate_up", "w1": "w1_w3", "w3": "w1_w3"}
-
-
-def is_router(module):
-    return module.endswith(ROUTER_SUFFIXES)
 
 
 def expert_key(module):
@@ -462,22 +578,16 @@ def classify(config, tensors, policy="all", excludes=()):
     nlayers = int(config["num_hidden_layers"])
     modules = {}
     for name, t in tensors.items():
-        if name.endswith(".weight") and len(t.shape) == 2:
+        if name.endswith(".weight") and (len(t.shape) == 2 or (
+                len(t.shape) == 3 and name.endswith(".conv1d.weight"))):
             modules[name[:-len(".weight")]] = t.shape
 
     def is_mtp(name):
         m = LAYER_RE.match(name + ".")
-        return bool(m) and int(m.group(1)) >= nlayers
+        return (bool(m) and int(m.group(1)) >= nlayers) or name.startswith("mtp.")
 
     def in_scope(module):
-        comps = module.split(".")
-        if not SCOPES.intersection(comps) or is_router(module) or is_mtp(module):
-            return False
-        if policy == "mlp":
-            return "mlp" in comps or "block_sparse_moe" in comps
-        if policy == "experts":
-            return expert_key(module) is not None
-        return True
+        return len(modules[module]) == 2 and not is_mtp(module) and selected(module, policy)
 
     groups = fused_groups(modules)
     experts_of_layer = {}
@@ -535,7 +645,7 @@ def reference_export(model_dir, calib_path=None, numerics="gpu", policy="all", e
             config = json.load(f)
     except (OSError, ValueError) as exc:
         raise RefError("%s: %s" % (cfg_path, exc))
-    tensors = load_checkpoint(model_dir)
+    tensors = decode_source(config, load_checkpoint(model_dir))
     calib = Calib(calib_path)
     plan = classify(config, tensors, policy, excludes)
     quantized = sorted(plan.quantized)

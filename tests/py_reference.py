@@ -143,14 +143,57 @@ def test_rules():
     check("groups: q_b_proj alone", g["b.self_attn.q_b_proj"] == {"b.self_attn.q_b_proj"})
     check("groups: w1/w3", g["c.mlp.experts.0.w3"] == {"c.mlp.experts.0.w1", "c.mlp.experts.0.w3"})
     check("groups: q/k/v", len(g["d.self_attn.v_proj"]) == 3)
-    check("routers", all(ref.is_router(m) for m in (
+    check("routers never selected", not any(ref.selected(m, "all") for m in (
         "model.layers.0.mlp.gate", "x.block_sparse_moe.gate", "x.mlp.shared_expert_gate",
-        "x.mlp.router")) and not ref.is_router("model.layers.0.mlp.gate_proj"))
+        "x.mlp.router")) and ref.selected("model.layers.0.mlp.gate_proj", "all"))
+
+
+def test_selection():
+    """FAMILIES.md 5.1 as the reference applies it, one case per rule."""
+    cases = [  # (module, policy, selected)
+        ("model.layers.0.linear_attn.in_proj_qkvz", "all", True),
+        ("model.layers.0.linear_attn.in_proj_ba", "all", False),  # *linear_attn.in_proj_b*
+        ("model.layers.0.linear_attn.out_proj", "all", True),
+        ("model.layers.0.linear_attn.conv1d", "all", False),
+        ("model.layers.0.attention.query_key_value", "all", True),  # Ling: no scope needed
+        ("model.layers.0.attention.dense", "all", True),
+        ("model.layers.0.attention.query_key_value", "mlp", False),
+        ("model.word_embeddings", "all", False),
+        ("model.layers.1.self_attn.indexer.wk", "all", False),
+        ("model.layers.1.block_sparse_moe.gate", "all", False),
+        ("model.layers.0.block_sparse_moe.gate_proj", "all", True),  # router only
+        ("model.layers.1.block_sparse_moe.experts.0.w1", "experts", True),
+        ("model.layers.1.mlp.shared_experts.up_proj", "experts", False),
+        ("model.layers.1.mlp.shared_experts.up_proj", "mlp", True),
+        ("mtp.layers.0.self_attn.q_proj", "all", False),
+        ("model.visual.blocks.0.attn.qkv", "all", False),
+        ("mm_projector.proj.0", "all", False),
+        ("model.layers.0.self_attn.rotary_table", "all", False),  # no linear we know
+    ]
+    for module, policy, want in cases:
+        got = ref.selected(module, policy)
+        check("selected(%s, %s)" % (module, policy), got == want, "got %r" % got)
+
+
+def test_int4_decode():
+    """Packing rule by hand: element 8j+t in bits 4t..4t+3 of word j, stored as q + 8."""
+    q = np.array([[-8, -1, 0, 1, 7, 3, -5, 2] * 4], dtype=np.int64)  # one row of 32
+    word = sum((int(v) + 8) << (4 * t) for t, v in enumerate(q[0, :8]))
+    words = np.full((1, 4), word, dtype="<u4")
+    scale = np.array([[0x3F81]], dtype="<u2")                        # bf16 1.0078125
+    got = ref.decode_int4(ref.Tensor("I32", [1, 4], words.tobytes()),
+                          ref.Tensor("BF16", [1, 1], scale.tobytes()),
+                          ref.Tensor("I64", [2], np.array([1, 32], "<i8").tobytes()), "x")
+    vals = ref.bf16_bits_to_f32(np.frombuffer(got.data, "<u2"))
+    # 7 * 1.0078125 = 7.0546875 rounds to 7.0625, 3.0234375 (a tie) to 3.03125 (even)
+    want = [-8.0625, -1.0078125, 0.0, 1.0078125, 7.0625, 3.03125, -5.03125, 2.015625]
+    check("int4: word %08x decodes" % word, list(vals[:8]) == want, str(list(vals[:8])))
+    check("int4: shape [1, 32] BF16", got.shape == [1, 32] and got.dtype == "BF16")
 
 
 def main():
     for test in (test_vectors, test_e2m1_hand, test_e4m3_hand, test_encoders_brute_force,
-                 test_scale_rules, test_rules):
+                 test_scale_rules, test_rules, test_selection, test_int4_decode):
         try:
             test()
         except Exception as exc:

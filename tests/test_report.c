@@ -170,6 +170,9 @@ static void entries_three(nx_report_entry x[3], float w[32], uint8_t codes[16],
     x[0].w_from_weight = 1;
     x[2].in_from_layer = 1;
     x[1].w_static = 1;
+    x[0].w_swept = 1; /* sorted to row 2 */
+    x[0].sw = (nx_sweep_stats){ .sum_sq_err_max = 1.0, .scale_ratio_sum = 3.0,
+                                .scale_ratio_blocks = 2 };
 }
 
 static void check_file(const char *path)
@@ -196,6 +199,16 @@ static void check_file(const char *path)
           wfw[0] == 0 && wfw[1] == 0);
     CHECK(read_col(f, "input_amax_from_layer", H5T_NATIVE_UINT8, ifl) && ifl[0] == 1);
     CHECK(read_col(f, "static_weight_amax", H5T_NATIVE_UINT8, wst) && wst[1] == 1);
+    uint8_t swept[3];
+    double err_max[3], rel_max[3], ratio[3];
+    CHECK(read_col(f, "swept_weight_amax", H5T_NATIVE_UINT8, swept) && swept[2] == 1 &&
+          swept[0] == 0 && swept[1] == 0);
+    CHECK(read_col(f, "sum_sq_err_max", H5T_NATIVE_DOUBLE, err_max) && err_max[2] == 1.0 &&
+          isnan(err_max[0]) && isnan(err_max[1]));
+    CHECK(read_col(f, "rel_rms_max", H5T_NATIVE_DOUBLE, rel_max) &&
+          rel_max[2] == sqrt(1.0 / 4.75) && isnan(rel_max[1]));
+    CHECK(read_col(f, "mean_scale_ratio", H5T_NATIVE_DOUBLE, ratio) && ratio[2] == 1.5 &&
+          isnan(ratio[0]));
     attr_text(f, "producer", text, sizeof text);
     CHECK_MSG(strcmp(text, "nvfp4x") == 0, "producer '%s'", text);
     H5Fclose(f);

@@ -1,5 +1,6 @@
-/* Phase 2, classify: which linears are quantized, fused groups, MoE expert sets, the exclude
- * list (DESIGN.md "Rules"). Deterministic from names and config.json alone. */
+/* Phase 2, classify: which linears are quantized (the rules of selection.h), fused groups, MoE
+ * expert sets, the exclude list (DESIGN.md "Rules"). Deterministic from names and config.json
+ * alone. */
 #ifndef NVFP4X_CLASSIFY_H
 #define NVFP4X_CLASSIFY_H
 
@@ -8,12 +9,7 @@
 
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/error.h"
-
-typedef enum nx_policy {
-    NX_POLICY_ALL,     /* ModelOpt nvfp4: attention and MLP linears */
-    NX_POLICY_MLP,     /* nvfp4_mlp_only: dense MLP, shared and routed experts */
-    NX_POLICY_EXPERTS  /* nvfp4_experts_only: routed experts */
-} nx_policy;
+#include "nvfp4x/selection.h"
 
 typedef struct nx_classify_opts {
     nx_policy policy;
@@ -40,12 +36,14 @@ typedef struct nx_classes {
                             * projections across all layers); else every expert of a slot
                             * gets the slot's max */
     int64_t n_excluded;
-    char **excluded;       /* modules with a 2-D weight left unquantized, natural order */
+    char **excluded;       /* modules with a 2-D weight (or a convolution) left unquantized,
+                            * natural order */
     int64_t n_patterns;
     char **patterns;       /* exclude_modules as ModelOpt summarizes them, sorted */
     int64_t n_attn;
     char **attn;           /* attention modules of the decoder layers (not MTP), natural order */
-    int64_t n_warnings;    /* linears excluded for in_features % 16 != 0 */
+    int64_t n_warnings;    /* modules left out with a warning: in_features % 16 != 0, or a
+                            * 2-D weight of a module nvfp4x does not know as a linear */
 } nx_classes;
 
 int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,

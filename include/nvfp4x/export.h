@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "nvfp4x/classify.h"
+#include "nvfp4x/mse.h"
 #include "nvfp4x/plan.h"
 #include "nvfp4x/quantize.h"
 
@@ -18,6 +19,7 @@ typedef struct nx_export_opts {
     int numerics_given; /* --numerics was given; else DeepSeek-V4 defaults to cpu (the
                          * script's default device), everything else to gpu */
     int cast_mxfp4;     /* --cast-mxfp4 (DeepSeek-V4) */
+    nx_weight_calib weight_calib; /* max (default) or mse: the sweep gives every block scale */
     nx_classify_opts classify;
     int weight_only;
     nx_format format;

@@ -17,11 +17,20 @@
 /* config.json's model_type names the release. */
 int nx_dsv4_is(const char *model_type);
 
+/* The export options the family has a word on, each 0 or 1. */
+typedef struct nx_dsv4_opts {
+    int weight_only;  /* --weight-only */
+    int ct_format;    /* --format compressed-tensors */
+    int kv_fp8;       /* --kv-cache fp8 */
+    int cast;         /* --cast-mxfp4, which only this family reads */
+    int mse;          /* --weight-calib mse */
+} nx_dsv4_opts;
+
 /* Export options the script has no counterpart for are refused (NX_EINPUT): --weight-only,
- * --format compressed-tensors, --kv-cache fp8 (V4's attention has no KV quantizers). cast is
- * --cast-mxfp4, which only this family reads. */
-int nx_dsv4_check_options(int is_dsv4, int weight_only, int ct_format, int kv_fp8, int cast,
-                          nx_err *e);
+ * --format compressed-tensors, --kv-cache fp8 (V4's attention has no KV quantizers),
+ * --weight-calib mse (the script takes block scales from the weights' max); --cast-mxfp4 on
+ * any other source. */
+int nx_dsv4_check_options(int is_dsv4, const nx_dsv4_opts *o, nx_err *e);
 
 /* Phase 2. Quantized: the routed experts of the main layers, layers.L.ffn.experts.E.w1|w2|w3
  * (MXFP4 in the release), all of a layer unless an --exclude glob matches one of its experts;

@@ -1,7 +1,8 @@
 /* MXFP4 and E8M0 as released checkpoints store them (OCP MX: DeepSeek-V4's routed experts and
- * FP8 tile scales; gpt-oss later): exact decoding, the shape rules that tie a weight to its
- * E8M0 scales, and ModelOpt's closed-form MXFP4 -> NVFP4 cast (numeric_utils.py; FRONTIER.md
- * 1.4, FAMILIES.md 1.4). */
+ * FP8 tile scales; gpt-oss later): exact decoding (src/decode_mxfp4.c, which is also the MXFP4
+ * decoder of decode.h; E8M0-scaled FP8 tiles go through the FP8 decoder), the shape rules that
+ * tie a weight to its E8M0 scales, and ModelOpt's closed-form MXFP4 -> NVFP4 cast
+ * (numeric_utils.py; FRONTIER.md 1.4, FAMILIES.md 1.4). */
 #ifndef NVFP4X_MXFP4_H
 #define NVFP4X_MXFP4_H
 

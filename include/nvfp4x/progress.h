@@ -19,6 +19,7 @@ typedef struct nx_progress {
     int stop;            /* some rank failed: stop working */
     int all_done;
     const char *what;
+    const char *unit;    /* NULL: the totals are bytes; else counts of this, e.g. "blocks" */
 } nx_progress;
 
 void nx_progress_init(nx_progress *pg, MPI_Comm comm, uint64_t total_bytes, const char *what,

@@ -24,6 +24,10 @@ float nx_e4m3_decode(uint8_t b);
 uint8_t nx_e2m1_encode(float q); /* 4-bit code with sign in bit 3 */
 float nx_e2m1_decode(uint8_t code);
 
+/* The E4M3 block scale of static NVFP4 for per-block amax p and global amax g (NUMERICS.md
+ * "Static weight"), as the kernels compute it. */
+uint8_t nx_static_block_scale(float p, float global_amax, nx_numerics m);
+
 /* Per-tensor scalars. */
 static inline float nx_weight_scale_2(float weight_amax, nx_numerics m)
 {

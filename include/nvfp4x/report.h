@@ -35,12 +35,22 @@ double nx_qstats_rel_rms(const nx_qstats *s);
 /* 10 log10(sum_sq_ref / sum_sq_err); +inf when the error is 0. */
 double nx_qstats_snr_db(const nx_qstats *s);
 
+/* --weight-calib mse: what the sweep bought, against max-calibrated (dynamic) block scales
+ * with the same weight_scale_2. */
+typedef struct nx_sweep_stats {
+    double sum_sq_err_max;     /* sum err^2 of the dynamic scales (nx_qstats' definition) */
+    double scale_ratio_sum;    /* over blocks with a non-zero weight: chosen amax / max |w| */
+    int64_t scale_ratio_blocks;
+} nx_sweep_stats;
+
 typedef struct nx_report_entry {
     const char *module;      /* quantized module name, e.g. model.layers.0.self_attn.q_proj */
     nx_qstats st;
     uint8_t w_from_weight;   /* fallback: weight amax computed from the weight */
     uint8_t in_from_layer;   /* fallback: expert input amax from the layer max */
     uint8_t w_static;        /* static per-block amax from calibration */
+    uint8_t w_swept;         /* static per-block amax from the MSE sweep (sw is filled) */
+    nx_sweep_stats sw;
 } nx_report_entry;
 
 /* Collective over comm: every rank passes the entries it computed (any split, each module on

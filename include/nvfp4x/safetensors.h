@@ -39,6 +39,8 @@ const char *nx_dtype_name(nx_dtype dt);
 /* Returns 0 and sets *dt, or -1 for an unknown name. */
 int nx_dtype_parse(const char *name, nx_dtype *dt);
 size_t nx_dtype_size(nx_dtype dt);
+/* "BF16 [80, 3]" (dtype and shape) into buf, for messages; truncated to len. */
+void nx_shape_text(nx_dtype dt, int ndim, const int64_t *shape, char *buf, size_t len);
 
 typedef struct nx_st_tensor {
     char *name;

@@ -28,5 +28,8 @@ typedef struct nx_stats {
 int nx_stats_gather(const nx_calib *cal, const nx_catalog *c, const nx_classes *k,
                     nx_stats *s, MPI_Comm comm, nx_err *e);
 void nx_stats_free(nx_stats *s);
+/* --weight-calib mse: forgets every weight amax (scalar or static) the calibration gave, so
+ * that all are computed from the weights; returns how many modules had one. */
+int64_t nx_stats_drop_weight(nx_stats *s);
 
 #endif

@@ -14,6 +14,7 @@
 
 typedef struct nx_amax {
     float *w;                /* per quantized module: resolved weight amax (group max) */
+    float *w_own;            /* its own weight amax, before the group max (every rank) */
     int32_t *k_shared;       /* --cast-mxfp4: per module, the k_max of its fused group (its
                               * weight_scale_2 is 2^(k - 8)); NULL otherwise */
     float *in;               /* resolved input amax; unused with weight-only */

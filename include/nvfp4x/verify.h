@@ -10,6 +10,8 @@
 
 #include "nvfp4x/error.h"
 
+#include "nvfp4x/quantize.h"
+
 typedef struct nx_verify_opts {
     const char *dir;   /* the checkpoint to check */
     const char *model; /* source model directory, or NULL */
@@ -17,6 +19,9 @@ typedef struct nx_verify_opts {
     int structural;    /* only the rules that configs, index, shard headers and the per-tensor
                           scalars show (export's check before publishing): no scan of block
                           scales (T3), no source model */
+    int sweep;         /* with model: block scales must be the MSE sweep's choice (rule MSE) */
+    nx_numerics numerics; /* of that sweep */
+    int full;          /* every block, not a sample */
 } nx_verify_opts;
 
 typedef struct nx_verify_result {

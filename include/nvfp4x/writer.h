@@ -8,6 +8,7 @@
 #include "nvfp4x/calib.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/classify.h"
+#include "nvfp4x/mse.h"
 #include "nvfp4x/plan.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/stats.h"
@@ -28,6 +29,7 @@ typedef struct nx_write_opts {
     nx_format format;
     const char *report;     /* --report FILE.h5, or NULL */
     int no_fsync;           /* --no-fsync: leave flushing the shards to the kernel */
+    const nx_mse *mse;      /* --weight-calib mse: every block scale from the sweep, or NULL */
 } nx_write_opts;
 
 /* Rank 0: creates each shard in dir at its final size with its header written; with

@@ -40,6 +40,7 @@ class Nvfp4x(CMakePackage):
     depends_on("hdf5+mpi", when="+parallel_hdf5")
     depends_on("hdf5~mpi", when="~parallel_hdf5")
     depends_on("cjson")
+    depends_on("zlib-api")
 
     def cmake_args(self):
         return [

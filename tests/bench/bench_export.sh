@@ -3,6 +3,7 @@
 #
 #   tests/bench/bench_export.sh [--size-gb G] [--np "1 2"] [--threads T] [--work DIR]
 #                               [--export-args "--no-fsync ..."] [--mpirun-args "..."]
+#                               [--weight-calib "max mse"]
 #
 # Builds nothing: uses $NX_BIN or build/nvfp4x. Generates (or reuses, when the same size was
 # generated before) a G GB Qwen3-MoE checkpoint with gen_big.py in DIR (default 3 GB in
@@ -15,6 +16,8 @@
 # --mpirun-args (default "--mca pml ob1 --mca btl self,vader": the shared-memory transport of one
 # node, which starts 0.2 s faster than UCX). Dirty pages are synced before each timing, so that
 # write-back of a previous run does not land in the next one. Output is removed after each run.
+# --weight-calib: one row per weight calibration and N (default max; mse runs the MSE sweep,
+# whose time the export log reports; its line is kept in DIR/export.mse.N.log).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,8 +31,9 @@ WORK="${TMPDIR:-/tmp}/nvfp4x-bench"
 PY=${NX_PYTHON:-/usr/bin/python3}
 BIN=${NX_BIN:-$ROOT/build/nvfp4x}
 MPIEXEC=${MPIEXEC:-mpirun}
+WCALIBS=max
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --size-gb) SIZE=$2; shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
         --export-args) EXPORT_ARGS=$2; shift 2 ;;
         --mpirun-args) MPIRUN_ARGS=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
+        --weight-calib) WCALIBS=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "bench_export: unknown argument '$1'" >&2; usage ;;
     esac
@@ -105,6 +110,7 @@ extra=()
 # shellcheck disable=SC2206
 [ -n "$EXPORT_ARGS" ] && extra+=($EXPORT_ARGS)
 declare -A RES
+for wc in $WCALIBS; do
 for np in $NPS; do
     rm -rf "$OUT" "$OUT.nvfp4x-staging" "$WORK"/rss.*
     cat "${shards[@]}" >/dev/null   # keep the input warm after the previous run's writes
@@ -113,27 +119,38 @@ for np in $NPS; do
     # shellcheck disable=SC2086
     if ! NX_RSS_PREFIX=$WORK/rss "$MPIEXEC" $MPIRUN_ARGS --oversubscribe -x NX_RSS_PREFIX -x NX_TIME -np "$np" "$WRAP" \
         "$BIN" export --model "$MODEL" --calib "$CALIB" --output "$OUT" "${extra[@]}" \
-        </dev/null >"$WORK/export.$np.log" 2>&1; then
-        echo "bench_export: export -np $np failed; log: $WORK/export.$np.log" >&2
-        tail -n 20 "$WORK/export.$np.log" >&2
+        --weight-calib "$wc" </dev/null >"$WORK/export.$wc.$np.log" 2>&1; then
+        echo "bench_export: export -np $np failed; log: $WORK/export.$wc.$np.log" >&2
+        tail -n 20 "$WORK/export.$wc.$np.log" >&2
         exit 1
     fi
+    cp "$WORK/export.$wc.$np.log" "$WORK/export.$np.log"
     t=$(elapsed "$t0" "$(now)")
     read -r rss_kb cpu < <(cat "$WORK"/rss.* | awk 'BEGIN { m = 0; c = 0 }
         /^[0-9]+ [0-9.]+ [0-9.]+$/ { if ($1 > m) m = $1; c += $2 + $3 } END { print m, c }')
-    RES[$np]="$t $rss_kb $cpu"
+    RES[$wc.$np]="$t $rss_kb $cpu"
     rm -rf "$OUT"
+done
 done
 rm -f "$WORK"/rss.*
 
-printf '\n%-4s %10s %10s %8s %8s %8s %14s %10s\n' np export_s read_s ratio GB/s cpu_s peak_rss_MB bound_MB
+printf '\n%-6s %-4s %10s %10s %8s %8s %8s %14s %10s\n' calib np export_s read_s ratio GB/s cpu_s \
+    peak_rss_MB bound_MB
+for wc in $WCALIBS; do
 for np in $NPS; do
-    read -r t rss_kb cpu <<<"${RES[$np]}"
-    awk -v np="$np" -v t="$t" -v r="$READ" -v b="$INPUT" -v k="$rss_kb" -v c="$cpu" \
-        -v bound="$BOUND_MB" 'BEGIN {
+    read -r t rss_kb cpu <<<"${RES[$wc.$np]}"
+    awk -v wc="$wc" -v np="$np" -v t="$t" -v r="$READ" -v b="$INPUT" -v k="$rss_kb" \
+        -v c="$cpu" -v bound="$BOUND_MB" 'BEGIN {
         mb = k * 1024 / 1e6
-        printf "%-4s %10.2f %10.3f %8.1f %8.3f %8.1f %9.0f %-4s %10s\n", np, t, r, t / r,
-               b / t / 1e9, c, mb, (mb <= bound ? "ok" : "OVER"), bound }'
+        printf "%-6s %-4s %10.2f %10.3f %8.1f %8.3f %8.1f %9.0f %-4s %10s\n", wc, np, t, r,
+               t / r, b / t / 1e9, c, mb, (mb <= bound ? "ok" : "OVER"), bound }'
+done
+done
+for wc in $WCALIBS; do
+    [ "$wc" = mse ] || continue
+    for np in $NPS; do # the sweep's own line: blocks, seconds, rate, candidates per block
+        sed -n "s/^.*\] sweep: /mse np=$np sweep: /p" "$WORK/export.mse.$np.log"
+    done
 done
 echo "(export_s: wall time of mpirun, start-up included; read_s: cat of all shards, warm, best of 2;"
 echo " GB/s: input bytes / export_s; cpu_s: user+system seconds summed over ranks;"

@@ -4,9 +4,22 @@
   modelopt_amax_to_h5.py STATE_DICT OUT.h5
 
 STATE_DICT is a torch checkpoint (.pt/.pth: a state dict, or a dict holding one under
-"model_state_dict"/"state_dict"/"model"), a .safetensors file, or a directory of .safetensors
-files. Every key ending in "._amax" or "._global_amax" becomes one float32 dataset, named by the
-key with '.' replaced by '/' (README.md, "Calibration file"). Torch is needed only for .pt/.pth.
+"model_state_dict"/"state_dict"/"model"), a .safetensors file, a directory of .safetensors
+files, or the output directory of ModelOpt's DeepSeek-V4 calibration
+(examples/deepseek/deepseek_v4/ptq.py: amax_dict_rank{r}-mp{MP}.pt, one per rank). Every key
+ending in "._amax" or "._global_amax" becomes one float32 dataset, named by the key with '.'
+replaced by '/' (README.md, "Calibration file").
+
+.pt files are read without torch when they hold what amax dumps hold (tensors of float or
+integer dtypes in plain or ordered dicts): torch.save's zip archive is unpickled with only those
+types allowed. Anything else (a pickled module, a tensor subclass, the legacy pre-zip format)
+needs torch, which is then used when installed.
+
+DeepSeek-V4 dumps: the MP in the file names must be one value and every rank 0..MP-1 present;
+the keys layers.L.ffn.experts.E.w{1,2,3}_{weight|input}_quantizer._amax (or mtp.N....) must not
+repeat across ranks; any other key is refused, as ModelOpt's quantize_to_nvfp4.py refuses it.
+They are written as <expert>/w1/input_quantizer/_amax etc., the module name of the checkpoint's
+layers.L.ffn.experts.E.w1.weight.
 
 Transformers 5 keeps a MoE layer's experts as one fused module (Qwen3.5-MoE stores them so on
 disk too), so ModelOpt names their quantizers
@@ -30,11 +43,15 @@ From Python: write_amax_h5(state_dict, path), values numpy arrays or torch tenso
 """
 
 import argparse
+import collections
+import io
 import json
 import os
+import pickle
 import re
 import struct
 import sys
+import zipfile
 
 import numpy as np
 
@@ -159,8 +176,163 @@ def _read_safetensors_amax(path, into):
             into[name] = arr.astype(np.float32).reshape(info["shape"])
 
 
+# --------------------------------------------------------------------------------------
+# torch.save files without torch
+# --------------------------------------------------------------------------------------
+
+class UnsupportedPickle(ValueError):
+    """A .pt file holding more than tensors in dicts: it needs torch to load."""
+
+
+# torch's storage classes by name -> numpy dtype of their elements (little-endian).
+STORAGE_DTYPES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2",
+                  "BFloat16Storage": "bf16", "LongStorage": "<i8", "IntStorage": "<i4",
+                  "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
+                  "BoolStorage": "?"}
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+    backward_hooks[, metadata]) as a numpy array (a copy)."""
+    item = storage.itemsize
+    if len(size) and (offset + sum((n - 1) * st for n, st in zip(size, stride)) >= storage.size):
+        raise UnsupportedPickle("tensor view past the end of its storage")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(st * item for st in stride))
+    return np.array(view)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles data.pkl of a torch.save archive, allowing only tensors, dicts and numbers."""
+
+    def __init__(self, data, read_record):
+        super().__init__(io.BytesIO(data))
+        self.read_record, self.storages = read_record, {}
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsupportedPickle("holds %s.%s, which only torch can load" % (module, name))
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and
+                isinstance(pid[1], _StorageType)):
+            raise UnsupportedPickle("unknown persistent id %r" % (pid,))
+        key = str(pid[2])
+        if key not in self.storages:
+            raw = self.read_record("data/" + key)
+            dt = STORAGE_DTYPES[pid[1].name]
+            if dt == "bf16":
+                arr = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                arr = np.frombuffer(raw, dt)
+            self.storages[key] = arr
+        return self.storages[key]
+
+
+def read_torch_file(path):
+    """What torch.load(path) returns for dicts of tensors, without torch: tensors become numpy
+    arrays (bfloat16 as float32). Raises UnsupportedPickle for anything else."""
+    if not zipfile.is_zipfile(path):
+        raise UnsupportedPickle("%s: not torch.save's zip format (the legacy format needs torch)"
+                                % path)
+    with zipfile.ZipFile(path) as z:
+        pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise UnsupportedPickle("%s: %d data.pkl records, expected one" % (path, len(pkl)))
+        prefix = pkl[0][:-len("data.pkl")]
+        names = set(z.namelist())
+        if prefix + "byteorder" in names and z.read(prefix + "byteorder") != b"little":
+            raise UnsupportedPickle("%s: big-endian storages" % path)
+
+        def read_record(rel):
+            if prefix + rel not in names:
+                raise ValueError("%s: record %s missing" % (path, prefix + rel))
+            return z.read(prefix + rel)
+
+        try:
+            return _Unpickler(z.read(pkl[0]), read_record).load()
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as exc:
+            raise UnsupportedPickle("%s: %s" % (path, exc))
+
+
+def load_torch(path):
+    """A .pt file: read without torch when possible, else with torch when it is installed."""
+    try:
+        return read_torch_file(path)
+    except UnsupportedPickle as exc:
+        try:
+            import torch
+        except ImportError:
+            raise ValueError("%s (torch is not installed)" % exc)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# --------------------------------------------------------------------------------------
+# ModelOpt's DeepSeek-V4 calibration dumps (ptq.py)
+# --------------------------------------------------------------------------------------
+
+DSV4_FILE_RE = re.compile(r"^amax_dict_rank(\d+)-mp(\d+)\.pt$")
+DSV4_KEY_RE = re.compile(r"^(?P<expert>(?:mtp\.\d+|layers\.\d+)\.ffn\.experts\.\d+)\."
+                         r"(?P<proj>w[123])_(?P<which>weight|input)_quantizer\._amax$")
+
+
+def is_dsv4_dump_dir(path):
+    return os.path.isdir(path) and any(DSV4_FILE_RE.match(f) for f in os.listdir(path))
+
+
+def load_dsv4_dumps(path):
+    """Merges the rank dumps of ptq.py into one state dict in the checkpoint's module names."""
+    files = sorted(f for f in os.listdir(path) if f.startswith("amax_dict_rank"))
+    found = {}
+    for f in files:
+        m = DSV4_FILE_RE.match(f)
+        if m is None:
+            raise ValueError("%s: unexpected file name %s (amax_dict_rank<r>-mp<MP>.pt)"
+                             % (path, f))
+        found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    if len(found) != 1:
+        raise ValueError("%s: dumps of several runs (MP %s): keep one" % (
+            path, ", ".join(str(mp) for mp in sorted(found))))
+    mp, ranks = next(iter(found.items()))
+    missing = sorted(set(range(mp)) - ranks)
+    if missing or max(ranks) >= mp:
+        raise ValueError("%s: MP %d needs amax_dict_rank0..%d-mp%d.pt; %s" % (
+            path, mp, mp - 1, mp, "missing rank %s" % ", ".join(map(str, missing)) if missing
+            else "rank %d is out of range" % max(ranks)))
+    merged, origin = {}, {}
+    for r in range(mp):
+        fname = "amax_dict_rank%d-mp%d.pt" % (r, mp)
+        state = load_torch(os.path.join(path, fname))
+        if not isinstance(state, dict):
+            raise ValueError("%s: not a dict of tensors" % fname)
+        for key, value in state.items():
+            m = DSV4_KEY_RE.match(key)
+            if m is None:
+                raise ValueError("%s: unexpected key %r (layers.L.ffn.experts.E.wX_{weight|input}"
+                                 "_quantizer._amax)" % (fname, key))
+            if key in origin:
+                raise ValueError("%s: key %s also in %s (amax collision across ranks)"
+                                 % (fname, key, origin[key]))
+            origin[key] = fname
+            merged["%s.%s.%s_quantizer._amax" % (m.group("expert"), m.group("proj"),
+                                                 m.group("which"))] = value
+    return merged, mp
+
+
 def load_state_dict(path):
     """Reads the amax entries of a .pt/.pth file, a .safetensors file or a directory of them."""
+    if is_dsv4_dump_dir(path):
+        return load_dsv4_dumps(path)[0]
     if os.path.isdir(path):
         sd = {}
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
@@ -173,8 +345,7 @@ def load_state_dict(path):
         sd = {}
         _read_safetensors_amax(path, sd)
         return sd
-    import torch  # only .pt/.pth need it
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch(path)
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -189,7 +360,8 @@ def main(argv=None):
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("state_dict", metavar="STATE_DICT",
-                    help=".pt/.pth file, .safetensors file or directory of .safetensors")
+                    help=".pt/.pth file, .safetensors file, directory of .safetensors, or "
+                         "directory of DeepSeek-V4 amax_dict_rank<r>-mp<MP>.pt dumps")
     ap.add_argument("out", metavar="OUT.h5", help="calibration HDF5 file to write")
     args = ap.parse_args(argv)
     try:

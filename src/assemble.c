@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "nvfp4x/family_dsv4.h"
 #include "nvfp4x/util.h"
 #include "nvfp4x/version.h"
 
@@ -233,6 +234,8 @@ static int copy_other_files(const nx_catalog *c, const char *dir, nx_err *e)
 int nx_assemble_write(const nx_catalog *c, const nx_classes *k, const nx_plan *p,
                       const nx_assemble_opts *o, const char *dir, nx_err *e)
 {
+    if (c->dsv4) /* DeepSeek-V4: the files ModelOpt's script writes (family_dsv4.c) */
+        return nx_dsv4_assemble(c, k, dir, e);
     NX_TRY(copy_other_files(c, dir, e));
     NX_TRY(write_index(p, dir, e));
     if (o->format == NX_FORMAT_MODELOPT) /* TensorRT-LLM's file; compressed-tensors has none */

@@ -9,6 +9,8 @@
 
 #include "nvfp4x/comm.h"
 #include "nvfp4x/encoding.h"
+#include "nvfp4x/family_dsv4.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 
 int64_t nx_tensor_elems(const nx_tensor *t)
@@ -19,9 +21,28 @@ int64_t nx_tensor_elems(const nx_tensor *t)
     return n;
 }
 
+/* gpt-oss's fused MXFP4 blocks, [E, out, in/32, 16] (fused.h). */
+static int mxfp4_blocks(const nx_tensor *t)
+{
+    return t->codec == NX_CODEC_MXFP4 && t->ndim == 4;
+}
+
+int64_t nx_tensor_rows(const nx_tensor *t)
+{
+    return mxfp4_blocks(t) ? t->shape[0] * t->shape[1] : t->shape[0];
+}
+
+int64_t nx_tensor_cols(const nx_tensor *t)
+{
+    if (mxfp4_blocks(t))
+        return t->shape[2] * NX_MXFP4_BLOCK;
+    return t->codec == NX_CODEC_MXFP4 ? 2 * t->shape[1] : t->shape[1];
+}
+
 uint64_t nx_tensor_out_bytes(const nx_tensor *t)
 {
-    return t->scale >= 0 ? (uint64_t)nx_tensor_elems(t) * 2 : t->nbytes;
+    return t->scale >= 0 ? (uint64_t)nx_tensor_rows(t) * (uint64_t)nx_tensor_cols(t) * 2
+                         : t->nbytes;
 }
 
 int64_t nx_catalog_find(const nx_catalog *c, const char *name)
@@ -84,6 +105,7 @@ static int read_config(nx_catalog *c, nx_err *e)
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(src, "model_type");
         if (cJSON_IsString(mt))
             snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
+        c->dsv4 = nx_dsv4_is(c->model_type);
         c->num_hidden_layers = json_int(src, layers);
         c->num_experts = json_int(src, experts);
         if (c->num_experts < 0)
@@ -426,6 +448,8 @@ static int unpack_catalog(nx_catalog *c, nx_buf *b, nx_err *e)
     c->dir = nx_buf_get_str(b);
     c->config_text = nx_buf_get_str(b);
     nx_buf_get(b, c->model_type, sizeof c->model_type);
+    c->model_type[sizeof c->model_type - 1] = '\0';
+    c->dsv4 = nx_dsv4_is(c->model_type);
     c->num_hidden_layers = (int64_t)nx_buf_get_u64(b);
     c->num_experts = (int64_t)nx_buf_get_u64(b);
     nx_buf_get(b, c->encoding, sizeof c->encoding);
@@ -552,11 +576,18 @@ int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t
 nx_dec_weight nx_source_weight(const nx_catalog *c, int64_t tensor)
 {
     const nx_tensor *t = &c->t[tensor];
-    nx_dec_weight w = { t->name, (nx_codec)t->codec, t->dtype, t->shape[0], t->shape[1],
-                        t->scale, NX_DT_F32, { t->tile[0], t->tile[1] } };
+    nx_dec_weight w = { t->name, (nx_codec)t->codec, t->dtype, nx_tensor_rows(t),
+                        nx_tensor_cols(t), t->scale, NX_DT_F32, { t->tile[0], t->tile[1] } };
     if (t->scale >= 0)
         w.scale_dtype = c->t[t->scale].dtype;
     return w;
+}
+
+int nx_source_stored_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                          void *data, void *scales, nx_err *e)
+{
+    nx_dec_weight w = nx_source_weight(s->c, tensor);
+    return nx_dec_read_stored(source_read_cb, s, tensor, &w, row0, nrows, data, scales, e);
 }
 
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,

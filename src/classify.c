@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nvfp4x/family_dsv4.h"
+
 #define MAX_TOKENS 32
 
 /* Facts about one module with a 2-D weight, gathered from its dotted name. */
@@ -519,6 +521,8 @@ static int is_module_weight(const nx_catalog *c, int64_t i)
 int nx_classify(const nx_catalog *c, const nx_classify_opts *o, nx_classes *k, FILE *warn,
                 nx_err *e)
 {
+    if (c->dsv4) /* DeepSeek-V4: the release's own selection (family_dsv4.c) */
+        return nx_dsv4_classify(c, o, k, warn, e);
     memset(k, 0, sizeof *k);
     modinfo *m = calloc((size_t)c->n + 1, sizeof *m);
     NX_ALLOC_CHECK(m, e, "module table");

@@ -28,4 +28,4 @@ static int fp8_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
     return 0;
 }
 
-const nx_decoder nx_decoder_fp8 = { "FP8 E4M3 with scales", fp8_row_bytes, fp8_rows, NULL };
+const nx_decoder nx_decoder_fp8 = { "FP8 E4M3 with scales", fp8_row_bytes, fp8_rows };

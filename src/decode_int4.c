@@ -33,4 +33,4 @@ static int int4_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
 }
 
 const nx_decoder nx_decoder_int4 = { "INT4 pack-quantized with scales", int4_row_bytes,
-                                     int4_rows, NULL };
+                                     int4_rows };

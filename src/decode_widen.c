@@ -30,4 +30,4 @@ static int widen_rows(const nx_dec_rows *r, float *dst32, uint16_t *dst16)
     return 0;
 }
 
-const nx_decoder nx_decoder_widen = { "BF16/F16/F32", widen_row_bytes, widen_rows, NULL };
+const nx_decoder nx_decoder_widen = { "BF16/F16/F32", widen_row_bytes, widen_rows };

@@ -65,7 +65,8 @@ static int str_is(const char *s, const char *want)
 #define READS "nvfp4x reads BF16/F16/F32, FP8 \"fp8\" (block-scaled with weight_block_size, or " \
               "per-tensor/per-channel weight_scale), compressed-tensors \"float-quantized\" " \
               "(FP8), compressed-tensors \"pack-quantized\" (symmetric INT4, group or channel) " \
-              "and gpt-oss's \"mxfp4\" experts"
+              "gpt-oss's \"mxfp4\" experts and DeepSeek-V4's release (FP8 and MXFP4 with E8M0 " \
+              ".scale)"
 
 /* quant_method "fp8": block-scaled with weight_block_size, else per tensor or channel. The
  * fmt is spelled "e4m3" (DeepSeek, Kimi) or "float8_e4m3fn" (MiniMax-M2). */
@@ -355,6 +356,10 @@ static int config_scheme(scan *s, const cJSON *config, nx_err *e)
     const char *method = jstr(qc, "quant_method");
     NX_ERROR_IF(method == NULL, e, NX_EINPUT, "%s/config.json: quantization_config has no "
                 "quant_method", s->where);
+    if (nx_e8m0_scheme_claims(config, qc)) { /* DeepSeek-V4 release (decode_mxfp4.c) */
+        enc->kind = NX_ENC_FP8_E8M0;
+        return nx_e8m0_scheme(s->where, config, qc, s->block, enc->what, sizeof enc->what, e);
+    }
     if (strcmp(method, "fp8") == 0)
         return fp8_scheme(s, qc, e);
     if (strcmp(method, "compressed-tensors") == 0)
@@ -538,17 +543,6 @@ static int64_t int4_group_of(const scan *s, int64_t in, int64_t scale_cols)
     return 0;
 }
 
-/* "BF16 [80, 3]" for messages. */
-static void shape_text(const nx_enc_tensor *t, char *buf, size_t len)
-{
-    size_t at = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(t->dtype));
-    for (int d = 0; d < t->ndim && at < len; d++)
-        at += (size_t)snprintf(buf + at, len - at, "%s%lld", d ? ", " : "",
-                               (long long)t->shape[d]);
-    if (at < len)
-        snprintf(buf + at, len - at, "]");
-}
-
 /* What the scale of an [out, in] INT4 weight may be, for messages. */
 static void int4_scale_want(const scan *s, const int64_t v[2], char *buf, size_t len)
 {
@@ -568,7 +562,7 @@ static int check_int4_scale(scan *s, int64_t sc, const int64_t v[2], int64_t *gr
     const nx_enc_tensor *st = &s->t[sc];
     char want[160], got[96];
     int4_scale_want(s, v, want, sizeof want);
-    shape_text(st, got, sizeof got);
+    nx_shape_text(st->dtype, st->ndim, st->shape, got, sizeof got);
     NX_ERROR_IF(st->dtype != NX_DT_BF16 && st->dtype != NX_DT_F16 && st->dtype != NX_DT_F32, e,
                 NX_EINPUT, "%s: tensor %s is %s; INT4 scales must be BF16, F16 or F32",
                 s->where, st->name, got);
@@ -638,6 +632,25 @@ static int int4_companion(scan *s, int64_t i, const char *suffix, nx_err *e)
     return NX_OK;
 }
 
+/* X.scale of the DeepSeek-V4 release (decode_mxfp4.c checks it): FP8 tiles go through the FP8
+ * decoder, MXFP4 weights (two elements per stored byte) through the MXFP4 one. The scale is read
+ * with its weight when that is quantized, else copied with it, so never marked dropped here. */
+static int link_e8m0(scan *s, int64_t i, nx_err *e)
+{
+    int64_t w = weight_beside(s, s->t[i].name, ".scale");
+    NX_ERROR_IF(w == -2, e, NX_EIO, "out of memory");
+    NX_ERROR_IF(w < 0, e, NX_EINPUT, "%s: %s has no weight tensor beside it", s->where,
+                s->t[i].name);
+    const nx_enc_tensor *wt = &s->t[w];
+    int64_t tile[2];
+    NX_TRY(nx_e8m0_link_check(s->where, &s->t[i], wt, s->block, tile, e));
+    int mx = nx_mxfp4_dtype(wt->dtype);
+    s->enc->link[w] = (nx_enc_link){ i, { tile[0], tile[1] },
+                                     { wt->shape[0], mx ? 2 * wt->shape[1] : wt->shape[1] },
+                                     mx ? NX_CODEC_MXFP4 : NX_CODEC_FP8, 0 };
+    return NX_OK;
+}
+
 /* X.input_scale, X.k_scale, X.v_scale: static activation scales of an FP8 scheme, which the
  * export replaces with its own (from calibration); nothing else has them. */
 static int drop_activation_scale(scan *s, int64_t i, nx_err *e)
@@ -694,6 +707,8 @@ static int link_one(scan *s, int64_t i, nx_err *e)
     const char *foreign = foreign_artifact(name);
     NX_ERROR_IF(foreign != NULL, e, NX_EINPUT, "%s: tensor %s belongs to an encoding nvfp4x "
                 "does not read (%s); " READS, s->where, name, foreign);
+    if (s->enc->kind == NX_ENC_FP8_E8M0 && ends_with(name, ".scale"))
+        return link_e8m0(s, i, e);
     if (ends_with(name, ".weight_packed"))
         return link_packed(s, i, e);
     if (ends_with(name, ".weight_shape"))
@@ -730,7 +745,12 @@ static int check_linked(scan *s, nx_err *e)
                     t->name);
         NX_ERROR_IF(t->dtype == NX_DT_F8_E4M3, e, NX_EINPUT, "%s: FP8 tensor %s has no %s "
                     "beside it", s->where, t->name, s->enc->kind == NX_ENC_FP8_BLOCK
-                    ? "weight_scale_inv" : "weight_scale");
+                    ? "weight_scale_inv" : s->enc->kind == NX_ENC_FP8_E8M0 ? ".scale"
+                    : "weight_scale");
+        NX_ERROR_IF(s->enc->kind == NX_ENC_FP8_E8M0 && t->ndim == 2 &&
+                    ends_with(t->name, ".weight") && nx_mxfp4_dtype(t->dtype), e, NX_EINPUT,
+                    "%s: MXFP4 weight %s (%s) has no .scale beside it", s->where, t->name,
+                    nx_dtype_name(t->dtype));
         NX_ERROR_IF(t->ndim == 2 && ends_with(t->name, ".weight") && !is_float(t->dtype), e,
                     NX_EINPUT, "%s: tensor %s has dtype %s and no scale: not an encoding "
                     "nvfp4x reads; " READS, s->where, t->name, nx_dtype_name(t->dtype));

@@ -8,6 +8,7 @@
 #include "nvfp4x/assemble.h"
 #include "nvfp4x/catalog.h"
 #include "nvfp4x/comm.h"
+#include "nvfp4x/family_dsv4.h"
 #include "nvfp4x/journal.h"
 #include "nvfp4x/plan.h"
 #include "nvfp4x/staging.h"
@@ -28,6 +29,7 @@ typedef struct pipeline {
     nx_mse mse;      /* --weight-calib mse */
     nx_source src;
     nx_calib *calib; /* collective: every rank, until the end; serial: rank 0 in phase 3 */
+    nx_numerics numerics; /* --numerics, or the source family's default */
     int kv_fp8;
     char *staging;   /* rank 0, once the staging directory is ours */
     int resumed;
@@ -66,6 +68,28 @@ static int check_sweepable(const pipeline *pl, nx_err *e)
     return NX_OK;
 }
 
+/* --cast-mxfp4 needs MXFP4 weights to cast among the quantized modules: gpt-oss's fused
+ * experts or DeepSeek-V4's routed experts. */
+static int check_cast(const pipeline *pl, nx_err *e)
+{
+    for (int64_t i = 0; pl->o->cast_mxfp4 && i < pl->cls.n_q; i++)
+        if (pl->cat.t[pl->cls.q[i].tensor].codec == NX_CODEC_MXFP4)
+            return NX_OK;
+    NX_ERROR_IF(pl->o->cast_mxfp4, e, NX_EINPUT, "--cast-mxfp4: %s has no quantized MXFP4 "
+                "weights to cast (it reads gpt-oss's fused experts and DeepSeek-V4's routed "
+                "experts)", pl->cat.dir);
+    return NX_OK;
+}
+
+/* What becomes of the encoded weights, after their count in messages. */
+static const char *encoding_note(const nx_catalog *c)
+{
+    if (c->n_encoded == 0)
+        return "";
+    return c->dsv4 ? " (decoded on read where quantized, else copied as stored)"
+                   : " decoded to BF16 on read";
+}
+
 /* Phases 1-2: catalog on rank 0, broadcast; classification on every rank. */
 static int phase_catalog(pipeline *pl, nx_err *e)
 {
@@ -76,15 +100,24 @@ static int phase_catalog(pipeline *pl, nx_err *e)
         "layer)", (long long)pl->cat.n, pl->cat.n_files, total,
         pl->cat.model_type[0] ? pl->cat.model_type : "unknown model type",
         (long long)pl->cat.num_hidden_layers, (long long)pl->cat.num_experts);
-    say(pl, "source encoding: %s; %lld encoded weights decoded to BF16 on read", pl->cat.encoding,
-        (long long)pl->cat.n_encoded);
+    say(pl, "source encoding: %s; %lld encoded weights%s", pl->cat.encoding,
+        (long long)pl->cat.n_encoded, encoding_note(&pl->cat));
+    const nx_export_opts *o = pl->o;
+    /* DeepSeek-V4: ModelOpt's script runs on the CPU unless told otherwise. */
+    pl->numerics = o->numerics_given || !pl->cat.dsv4 ? o->numerics : NX_NUMERICS_CPU;
+    nx_dsv4_opts dopts = { .weight_only = o->weight_only,
+                           .ct_format = o->format == NX_FORMAT_COMPRESSED_TENSORS,
+                           .kv_fp8 = o->kv == NX_KV_FP8,
+                           .mse = o->weight_calib == NX_WEIGHT_CALIB_MSE };
+    NX_TRY(nx_dsv4_check_options(pl->cat.dsv4, &dopts, e));
     if (pl->cat.n_fused > 0)
         say(pl, "fused experts: %lld projections exported fused [E, in/2, out]",
             (long long)pl->cat.n_fused);
     FILE *warn = pl->rank == 0 && !pl->o->quiet ? stderr : NULL;
     int rc = nx_classify(&pl->cat, &pl->o->classify, &pl->cls, warn, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
-    NX_TRY(check_sweepable(pl, e)); /* the same decision on every rank */
+    NX_TRY(check_sweepable(pl, e)); /* the same decisions on every rank */
+    NX_TRY(check_cast(pl, e));
     say(pl, "classify: %lld quantized linears in %lld fused groups, %lld MoE expert slots, "
         "%lld modules excluded (%lld exclude patterns)", (long long)pl->cls.n_q,
         (long long)pl->cls.n_groups, (long long)pl->cls.n_slots,
@@ -142,7 +175,8 @@ static int phase_plan(pipeline *pl, int nranks, nx_err *e)
 {
     nx_plan_opts po = { .max_shard_bytes = pl->o->max_shard_bytes,
                         .weight_only = pl->o->weight_only, .kv_fp8 = pl->kv_fp8,
-                        .nranks = nranks, .format = pl->o->format };
+                        .nranks = nranks, .format = pl->o->format,
+                        .source_shards = pl->cat.dsv4, .keep_encoded = pl->cat.dsv4 };
     int rc = nx_plan_build(&pl->cat, &pl->cls, &po, &pl->plan, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
     char total[32];
@@ -163,9 +197,9 @@ static char *options_text(const pipeline *pl)
         snprintf(excl + len, sizeof excl - len, "%s%s", i ? "," : "", o->classify.exclude[i]);
     }
     return nx_asprintf("numerics=%s quantize=%d weight_only=%d kv=%d format=%d exclude=%s%s%s",
-                       o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
+                       pl->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (int)o->classify.policy,
                        o->weight_only, pl->kv_fp8, (int)o->format, excl,
-                       o->cast_mxfp4 ? " cast_mxfp4=1" : "",
+                       o->cast_mxfp4 ? " cast-mxfp4" : "",
                        o->weight_calib == NX_WEIGHT_CALIB_MSE ? " weight_calib=mse" : "");
 }
 
@@ -208,7 +242,7 @@ static int check_and_commit(pipeline *pl, nx_err *e)
 /* Phase 5b, --weight-calib mse: every rank sweeps its share of all blocks. */
 static int phase_sweep(pipeline *pl, const char *dir, nx_err *e)
 {
-    nx_mse_opts mo = { .numerics = pl->o->numerics, .threads = pl->o->threads,
+    nx_mse_opts mo = { .numerics = pl->numerics, .threads = pl->o->threads,
                        .quiet = pl->o->quiet, .resumed = pl->resumed };
     NX_TRY(nx_mse_run(&pl->src, &pl->cls, &pl->amax, dir, &mo, &pl->mse, pl->comm, e));
     const nx_mse *s = &pl->mse;
@@ -222,6 +256,18 @@ static int phase_sweep(pipeline *pl, const char *dir, nx_err *e)
     return NX_OK;
 }
 
+/* --cast-mxfp4's count of the blocks cast in this run; for DeepSeek-V4 also the summary line
+ * of ModelOpt's script. */
+static void say_cast(const pipeline *pl, const int64_t cast[2])
+{
+    say(pl, "cast-mxfp4: %lld of %lld MXFP4 blocks lossless (NVFP4 codes = the MXFP4 nibbles), "
+        "%lld by ModelOpt's fallback", (long long)cast[1], (long long)cast[0],
+        (long long)(cast[0] - cast[1]));
+    if (pl->cat.dsv4)
+        say(pl, "[cast] lossless MXFP4->NVFP4 blocks: %lld/%lld (%.4f%%)", (long long)cast[1],
+            (long long)cast[0], cast[0] ? 100.0 * (double)cast[1] / (double)cast[0] : 100.0);
+}
+
 /* Phases 5-7. */
 static int phase_write(pipeline *pl, nx_err *e)
 {
@@ -231,18 +277,18 @@ static int phase_write(pipeline *pl, nx_err *e)
         rc = nx_amax_sync(&pl->src, &pl->cls, &pl->stats, &pl->plan, o->weight_only,
                           o->cast_mxfp4, &pl->amax, pl->comm, e);
     NX_TRY(nx_agree(rc, e, pl->comm));
-    say(pl, "amax: weight and input amax resolved for %lld modules", (long long)pl->cls.n_q);
-    if (o->cast_mxfp4)
-        say(pl, "cast-mxfp4: %lld of %lld MXFP4 blocks lossless (NVFP4 codes = the MXFP4 "
-            "nibbles), %lld by ModelOpt's fallback", (long long)pl->amax.cast_lossless,
-            (long long)pl->amax.cast_blocks,
-            (long long)(pl->amax.cast_blocks - pl->amax.cast_lossless));
+    say(pl, "amax: %s and input amax resolved for %lld modules", o->cast_mxfp4 ?
+        "MXFP4 k_max (weight_scale_2)" : "weight", (long long)pl->cls.n_q);
     NX_TRY(open_staging(pl, e));
     char *dir = pl->rank == 0 ? pl->staging : nx_asprintf("%s.nvfp4x-staging", o->output);
-    nx_write_opts wo = { .numerics = o->numerics, .threads = o->threads, .quiet = o->quiet,
+    int64_t cast[2] = { 0, 0 };
+    nx_write_opts wo = { .numerics = pl->numerics, .threads = o->threads, .quiet = o->quiet,
                          .calib_path = o->calib, .calib = pl->calib,
                          .resumed = pl->resumed, .format = o->format,
-                         .report = o->report, .no_fsync = o->no_fsync };
+                         .report = o->report, .no_fsync = o->no_fsync,
+                         /* DeepSeek-V4: the script divides input amax on the CPU always */
+                         .input_numerics = pl->cat.dsv4 ? NX_NUMERICS_CPU : pl->numerics,
+                         .cast_mxfp4 = o->cast_mxfp4, .cast_blocks = cast };
     rc = dir ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     rc = nx_agree(rc, e, pl->comm);
     if (rc == NX_OK && o->weight_calib == NX_WEIGHT_CALIB_MSE) {
@@ -256,6 +302,8 @@ static int phase_write(pipeline *pl, nx_err *e)
         free(dir);
     NX_TRY(rc);
     say(pl, "shards written and synced");
+    if (o->cast_mxfp4)
+        say_cast(pl, cast);
     nx_assemble_opts ao = { .weight_only = o->weight_only, .kv_fp8 = pl->kv_fp8,
                             .format = o->format };
     rc = pl->rank == 0 ? nx_assemble_write(&pl->cat, &pl->cls, &pl->plan, &ao, pl->staging, e)
@@ -351,11 +399,16 @@ static void print_plan(const pipeline *pl, FILE *out)
     char b[32];
     fprintf(out, "model: %s (%s), %lld tensors, %d files\n", pl->cat.dir, pl->cat.model_type,
             (long long)pl->cat.n, pl->cat.n_files);
-    fprintf(out, "source encoding: %s; %lld encoded weights decoded to BF16 on read\n",
-            pl->cat.encoding, (long long)pl->cat.n_encoded);
+    fprintf(out, "source encoding: %s; %lld encoded weights%s\n", pl->cat.encoding,
+            (long long)pl->cat.n_encoded, encoding_note(&pl->cat));
     print_fused(pl, out);
     fprintf(out, "quantized linears: %lld in %lld fused groups; MoE expert slots: %lld\n",
             (long long)pl->cls.n_q, (long long)pl->cls.n_groups, (long long)pl->cls.n_slots);
+    if (pl->cat.dsv4) {
+        char line[512];
+        nx_dsv4_describe(&pl->cat, &pl->cls, line, sizeof line);
+        fprintf(out, "%s\n", line);
+    }
     fprintf(out, "excluded modules: %lld, exclude_modules:\n", (long long)pl->cls.n_excluded);
     for (int64_t i = 0; i < pl->cls.n_patterns; i++)
         fprintf(out, "  %s\n", pl->cls.patterns[i]);
@@ -437,10 +490,10 @@ static void print_sweep(const pipeline *pl, FILE *out)
         most = hi - lo > most ? hi - lo : most;
     }
     const char *kernel = "ref";
-    double rate = nx_mse_measure_rate(pl->o->numerics, &kernel);
+    double rate = nx_mse_measure_rate(pl->numerics, &kernel);
     int threads = pl->o->threads > 0 ? pl->o->threads : 1;
     fprintf(out, "weight calibration: MSE sweep (%s numerics) of %lld blocks, at most %lld per "
-            "rank\n", pl->o->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (long long)total,
+            "rank\n", pl->numerics == NX_NUMERICS_GPU ? "gpu" : "cpu", (long long)total,
             (long long)most);
     fprintf(out, "sweep rate here: %.0f blocks/s per thread (%s, synthetic Gaussian blocks); "
             "predicted sweep time per rank: %.1fs with %d thread%s\n", rate, kernel,

@@ -380,32 +380,35 @@ static void transpose(const void *src, int64_t rows, int64_t cols, size_t esz, v
         transpose32(src, rows, cols, dst);
 }
 
+/* Piece p's rows of MXFP4 tensor t, div input values per byte (blocks 2, scales 32): [out][P/div]
+ * into dst. */
+static int read_mxfp4_rows(struct nx_source *src, const nx_fused *f, int64_t p, int64_t t,
+                           int64_t div, uint8_t *dst, nx_err *e)
+{
+    int64_t x, i0, i1;
+    nx_fused_piece(f, p, &x, &i0, &i1);
+    int64_t pw = i1 - i0, row = f->in / div;
+    if (pw == f->in) /* a whole expert: one read */
+        return nx_source_read(src, t, (uint64_t)(x * f->out * row), dst, (size_t)(f->out * row),
+                              e);
+    for (int64_t o = 0; o < f->out; o++)
+        NX_TRY(nx_source_read(src, t, (uint64_t)((x * f->out + o) * row + i0 / div),
+                              dst + o * (pw / div), (size_t)(pw / div), e));
+    return NX_OK;
+}
+
 /* MXFP4 piece: packed [out][P/2] into BUF_RAW, scales [out][P/32] into BUF_SCALES_SRC. */
 static int read_mxfp4(struct nx_source *src, const nx_fused *f, int64_t p, uint8_t **packed,
                       uint8_t **scales, nx_fused_scratch **s, nx_err *e)
 {
     int64_t x, i0, i1;
     nx_fused_piece(f, p, &x, &i0, &i1);
-    int64_t pw = i1 - i0, row_b = f->in / 2, row_s = f->in / NX_MXFP4_BLOCK;
-    *packed = buffer(s, BUF_RAW, (size_t)(f->out * pw / 2), e);
-    *scales = buffer(s, BUF_SCALES_SRC, (size_t)(f->out * pw / NX_MXFP4_BLOCK), e);
+    *packed = buffer(s, BUF_RAW, (size_t)(f->out * (i1 - i0) / 2), e);
+    *scales = buffer(s, BUF_SCALES_SRC, (size_t)(f->out * (i1 - i0) / NX_MXFP4_BLOCK), e);
     if (*packed == NULL || *scales == NULL)
         return e->code;
-    if (pw == f->in) { /* a whole expert: one read each */
-        NX_TRY(nx_source_read(src, f->tensor, (uint64_t)(x * f->out * row_b), *packed,
-                              (size_t)(f->out * row_b), e));
-        return nx_source_read(src, f->scales, (uint64_t)(x * f->out * row_s), *scales,
-                              (size_t)(f->out * row_s), e);
-    }
-    for (int64_t o = 0; o < f->out; o++) {
-        uint64_t row = (uint64_t)(x * f->out + o);
-        NX_TRY(nx_source_read(src, f->tensor, row * (uint64_t)row_b + (uint64_t)(i0 / 2),
-                              *packed + o * (pw / 2), (size_t)(pw / 2), e));
-        NX_TRY(nx_source_read(src, f->scales, row * (uint64_t)row_s +
-                              (uint64_t)(i0 / NX_MXFP4_BLOCK), *scales + o * (pw /
-                              NX_MXFP4_BLOCK), (size_t)(pw / NX_MXFP4_BLOCK), e));
-    }
-    return NX_OK;
+    NX_TRY(read_mxfp4_rows(src, f, p, f->tensor, 2, *packed, e));
+    return read_mxfp4_rows(src, f, p, f->scales, NX_MXFP4_BLOCK, *scales, e);
 }
 
 /* Float piece: input rows [i0, i1) of the expert, [P][out] as stored, into BUF_RAW. */
@@ -460,10 +463,10 @@ static int bf16_finite(const uint16_t *v, int64_t n)
     return 1;
 }
 
-/* The piece as [out][P] elements of *dt (the kernel's rows), in BUF_TILE. MXFP4 keeps its
- * packed bytes and scales for the cast. */
-static int load_tile(const nx_fused_job *j, void **tile, nx_dtype *dt, uint8_t **packed,
-                     uint8_t **scales, nx_fused_scratch **s, nx_err *e)
+/* The piece as [out][P] elements of *dt (the kernel's rows), in BUF_TILE; an MXFP4 one decoded
+ * from packed and scales when given (the cast's --report), else read first. */
+static int load_tile(const nx_fused_job *j, const uint8_t *packed, const uint8_t *scales,
+                     void **tile, nx_dtype *dt, nx_fused_scratch **s, nx_err *e)
 {
     const nx_fused *f = j->f;
     int64_t x, i0, i1;
@@ -479,25 +482,14 @@ static int load_tile(const nx_fused_job *j, void **tile, nx_dtype *dt, uint8_t *
         transpose(raw, pw, f->out, nx_dtype_size(*dt), *tile);
         return NX_OK;
     }
-    NX_TRY(read_mxfp4(j->src, f, j->piece, packed, scales, s, e));
-    NX_TRY(decode_piece(f, pw, *packed, *scales, *tile, s, e));
+    uint8_t *p = (uint8_t *)packed, *sc = (uint8_t *)scales;
+    if (packed == NULL)
+        NX_TRY(read_mxfp4(j->src, f, j->piece, &p, &sc, s, e));
+    NX_TRY(decode_piece(f, pw, p, sc, *tile, s, e));
     return bf16_finite(*tile, pw * f->out) ? NX_OK : not_finite(j->src, f, j->piece, e);
 }
 
 /* ---- Static per-block amax ---------------------------------------------------------------- */
-
-/* --cast-mxfp4: both 16-blocks of an MXFP4 block get its closed-form amax. */
-static void cast_blocks(const nx_fused_job *j, int64_t pw, const uint8_t *packed,
-                        const uint8_t *scales, float *blocks)
-{
-    int64_t mx = pw / NX_MXFP4_BLOCK;
-    for (int64_t o = 0; o < j->f->out; o++)
-        for (int64_t c = 0; c < mx; c++) {
-            float a = nx_mxfp4_cast_block_amax(packed + (o * mx + c) * NX_MXFP4_BLOCK_BYTES,
-                                               scales[o * mx + c], j->kmax_blocks);
-            blocks[(o * mx + c) * 2] = blocks[(o * mx + c) * 2 + 1] = a;
-        }
-}
 
 /* From calibration: <module>/<attr>_weight_quantizer/_amax holds E*out*in/16 values in
  * (E, out, in/16) order (the transposed weight's blocks); the piece's columns of its expert. */
@@ -574,50 +566,85 @@ static int write_decoded(const nx_fused_job *j, const void *tile, int64_t pw,
     return write_part(j, 0, NX_FUSED_BF16, t, e);
 }
 
-static int static_blocks(const nx_fused_job *j, int64_t pw, const uint8_t *packed,
-                         const uint8_t *scales, float **blocks, nx_fused_scratch **s,
+/* Static per-block amax from calibration, or NULL (dynamic). */
+static int static_blocks(const nx_fused_job *j, int64_t pw, float **blocks, nx_fused_scratch **s,
                          nx_err *e)
 {
     *blocks = NULL;
-    if (!j->cast && j->calib == NULL)
+    if (j->calib == NULL)
         return NX_OK;
     *blocks = buffer(s, BUF_BLOCKS, (size_t)(j->f->out * (pw / NX_BLOCK)) * sizeof(float), e);
     if (*blocks == NULL)
         return e->code;
-    if (j->cast)
-        cast_blocks(j, pw, packed, scales, *blocks);
-    else
-        NX_TRY(calib_blocks(j, pw, *blocks, s, e));
-    return NX_OK;
+    return calib_blocks(j, pw, *blocks, s, e);
 }
 
-int nx_fused_produce(const nx_fused_job *j, nx_fused_scratch **s, nx_err *e)
+/* Codes [out][P/2] and block scales [out][P/16] buffers of a piece. */
+static int code_buffers(const nx_fused_job *j, int64_t pw, uint8_t **codes, uint8_t **sc,
+                        nx_fused_scratch **s, nx_err *e)
+{
+    *codes = buffer(s, BUF_CODES, (size_t)(pw * j->f->out / 2), e);
+    *sc = buffer(s, BUF_SCALES, (size_t)(pw * j->f->out / NX_BLOCK), e);
+    return *codes && *sc ? NX_OK : e->code;
+}
+
+/* Codes and scales transposed back into [P/2][out] and [P/16][out], and written. */
+static int write_codes(const nx_fused_job *j, int64_t pw, const uint8_t *codes,
+                       const uint8_t *sc, nx_fused_scratch **s, nx_err *e)
 {
     const nx_fused *f = j->f;
-    int64_t x, i0, i1;
-    nx_fused_piece(f, j->piece, &x, &i0, &i1);
-    int64_t pw = i1 - i0;
-    void *tile;
-    nx_dtype dt;
-    uint8_t *packed = NULL, *scales_src = NULL;
-    float *blocks;
-    NX_TRY(load_tile(j, &tile, &dt, &packed, &scales_src, s, e));
-    if (!j->quantize)
-        return write_decoded(j, tile, pw, s, e);
-    NX_TRY(static_blocks(j, pw, packed, scales_src, &blocks, s, e));
-    size_t nc = (size_t)(pw * f->out / 2), ns = (size_t)(pw * f->out / NX_BLOCK);
-    uint8_t *codes = buffer(s, BUF_CODES, nc, e), *codes_t = buffer(s, BUF_CODES_T, nc, e);
-    uint8_t *sc = buffer(s, BUF_SCALES, ns, e), *sc_t = buffer(s, BUF_SCALES_T, ns, e);
-    if (!codes || !codes_t || !sc || !sc_t)
+    uint8_t *codes_t = buffer(s, BUF_CODES_T, (size_t)(pw * f->out / 2), e);
+    uint8_t *sc_t = buffer(s, BUF_SCALES_T, (size_t)(pw * f->out / NX_BLOCK), e);
+    if (!codes_t || !sc_t)
         return e->code;
-    if (quantize_rows(j, tile, dt, pw, blocks, codes, sc) != 0)
-        return not_finite(j->src, f, j->piece, e);
-    if (j->stats)
-        NX_TRY(report_piece(j, tile, dt, pw, codes, sc, s, e));
     transpose(codes, f->out, pw / 2, 1, codes_t);
     transpose(sc, f->out, pw / NX_BLOCK, 1, sc_t);
     NX_TRY(write_part(j, 0, NX_FUSED_CODES, codes_t, e));
     return write_part(j, 1, NX_FUSED_SCALES, sc_t, e);
+}
+
+/* --cast-mxfp4: the piece's codes and block scales straight from its MXFP4 bytes (mxfp4.h; a
+ * row of the release is an output, as the kernel's rows are). */
+static int produce_cast(const nx_fused_job *j, int64_t pw, nx_fused_scratch **s, nx_err *e)
+{
+    uint8_t *packed, *scales, *codes, *sc;
+    NX_TRY(read_mxfp4(j->src, j->f, j->piece, &packed, &scales, s, e));
+    NX_TRY(code_buffers(j, pw, &codes, &sc, s, e));
+    int64_t lossless = nx_mxfp4_cast_rows(j->cast, packed, scales, j->f->out, pw, codes, sc);
+    if (lossless < 0)
+        return not_finite(j->src, j->f, j->piece, e);
+    j->cast_counts[0] += j->f->out * (pw / NX_MXFP4_BLOCK);
+    j->cast_counts[1] += lossless;
+    if (j->stats) {
+        void *tile;
+        nx_dtype dt;
+        NX_TRY(load_tile(j, packed, scales, &tile, &dt, s, e));
+        NX_TRY(report_piece(j, tile, dt, pw, codes, sc, s, e));
+    }
+    return write_codes(j, pw, codes, sc, s, e);
+}
+
+int nx_fused_produce(const nx_fused_job *j, nx_fused_scratch **s, nx_err *e)
+{
+    int64_t x, i0, i1;
+    nx_fused_piece(j->f, j->piece, &x, &i0, &i1);
+    int64_t pw = i1 - i0;
+    if (j->quantize && j->cast)
+        return produce_cast(j, pw, s, e);
+    void *tile;
+    nx_dtype dt;
+    uint8_t *codes, *sc;
+    float *blocks;
+    NX_TRY(load_tile(j, NULL, NULL, &tile, &dt, s, e));
+    if (!j->quantize)
+        return write_decoded(j, tile, pw, s, e);
+    NX_TRY(static_blocks(j, pw, &blocks, s, e));
+    NX_TRY(code_buffers(j, pw, &codes, &sc, s, e));
+    if (quantize_rows(j, tile, dt, pw, blocks, codes, sc) != 0)
+        return not_finite(j->src, j->f, j->piece, e);
+    if (j->stats)
+        NX_TRY(report_piece(j, tile, dt, pw, codes, sc, s, e));
+    return write_codes(j, pw, codes, sc, s, e);
 }
 
 /* ---- Statistics of the source ------------------------------------------------------------- */
@@ -651,7 +678,7 @@ int nx_fused_piece_absmax(struct nx_source *src, const nx_fused *f, int64_t p,
     if (f->mxfp4) {
         uint8_t *packed, *scales;
         NX_TRY(read_mxfp4(src, f, p, &packed, &scales, s, e));
-        *amax = nx_mxfp4_absmax(packed, scales, n / NX_MXFP4_BLOCK);
+        *amax = nx_mxfp4_absmax(packed, scales, f->out, i1 - i0);
         return NX_OK;
     }
     void *raw;
@@ -660,17 +687,18 @@ int nx_fused_piece_absmax(struct nx_source *src, const nx_fused *f, int64_t p,
     return NX_OK;
 }
 
-int nx_fused_piece_scale_hist(struct nx_source *src, const nx_fused *f, int64_t p,
-                              int64_t hist[256], nx_fused_scratch **s, nx_err *e)
+int nx_fused_piece_scales(struct nx_source *src, const nx_fused *f, int64_t p,
+                          const uint8_t **scales, int64_t *n, nx_fused_scratch **s, nx_err *e)
 {
-    uint8_t *packed, *scales;
     int64_t x, i0, i1;
     nx_fused_piece(f, p, &x, &i0, &i1);
     NX_ERROR_IF(!f->mxfp4, e, NX_EIO, "internal: %s is not MXFP4", f->name);
-    NX_TRY(read_mxfp4(src, f, p, &packed, &scales, s, e));
-    for (int64_t i = 0; i < (i1 - i0) * f->out / NX_MXFP4_BLOCK; i++)
-        hist[scales[i]]++;
-    return NX_OK;
+    *n = (i1 - i0) * f->out / NX_MXFP4_BLOCK;
+    uint8_t *sc = buffer(s, BUF_SCALES_SRC, (size_t)*n, e);
+    if (sc == NULL)
+        return e->code;
+    *scales = sc;
+    return read_mxfp4_rows(src, f, p, f->scales, NX_MXFP4_BLOCK, sc, e);
 }
 
 enum { QS_ELEMS, QS_BLOCKS, QS_SATURATED, QS_ZERO, QS_HIST, QS_INTS = QS_HIST + 16 };

@@ -28,10 +28,17 @@ static const char usage_text[] =
     "\n"
     "export and plan options:\n"
     "  --model DIR            source model directory (config.json + safetensors): BF16,\n"
-    "                         F16, F32, FP8 or compressed-tensors INT4 pack-quantized\n"
+    "                         F16, F32, FP8, compressed-tensors INT4 pack-quantized,\n"
+    "                         gpt-oss's MXFP4 experts, or DeepSeek-V4's release (FP8 +\n"
+    "                         MXFP4 experts)\n"
     "  --output DIR           output directory; must not exist (see --force)\n"
     "  --calib FILE           calibration statistics (HDF5); required unless --weight-only\n"
     "  --numerics gpu|cpu     reproduce ModelOpt exports made on GPU (default) or CPU\n"
+    "                         (DeepSeek-V4: default cpu, as ModelOpt's script runs)\n"
+    "  --cast-mxfp4           MXFP4 experts (gpt-oss's fused experts, DeepSeek-V4's routed\n"
+    "                         experts): cast to NVFP4 in closed form (ModelOpt's\n"
+    "                         --cast_mxfp4_to_nvfp4: weight_scale_2 = 2^(k_max-8), the\n"
+    "                         source nibbles kept) instead of quantizing their decode\n"
     "  --weight-calib max|mse weight block scales from the weight amax (max, default) or\n"
     "                         from ModelOpt's MSE FP8-scale sweep computed here (mse: static\n"
     "                         NVFP4, nvfp4_w4a4_weight_mse_fp8_sweep; weight amax in the\n"
@@ -43,8 +50,6 @@ static const char usage_text[] =
     "                         the other never-quantized patterns stay BF16 (README)\n"
     "  --exclude GLOB         leave matching modules unquantized (repeatable; '*' spans dots)\n"
     "  --weight-only          W4A16_NVFP4: no input scales, calibration optional\n"
-    "  --cast-mxfp4           MXFP4 experts (gpt-oss): ModelOpt's closed-form lossless cast\n"
-    "                         (--cast_mxfp4_to_nvfp4) instead of quantizing their BF16 decode\n"
     "  --kv-cache auto|fp8|none  FP8 KV-cache scales (auto: fp8 when the calibration has\n"
     "                         k/v amax for every attention layer)\n"
     "  --format modelopt|compressed-tensors  ModelOpt's unified layout (default) or\n"
@@ -83,8 +88,8 @@ static const char usage_text[] =
 enum { OPT_MODEL = 256, OPT_OUTPUT, OPT_CALIB, OPT_NUMERICS, OPT_QUANTIZE, OPT_EXCLUDE,
        OPT_WEIGHT_ONLY, OPT_KV, OPT_SHARD, OPT_THREADS, OPT_FORCE, OPT_QUIET, OPT_RANKS,
        OPT_JSON, OPT_HELP, OPT_VERSION, OPT_MEM, OPT_OWNERS, OPT_RESUME, OPT_FORMAT,
-       OPT_NO_FSYNC,
-       OPT_REPORT, OPT_WEIGHT_CALIB, OPT_FULL, OPT_CAST_MXFP4 };
+       OPT_NO_FSYNC, OPT_CAST_MXFP4,
+       OPT_REPORT, OPT_WEIGHT_CALIB, OPT_FULL };
 
 static const struct option long_opts[] = {
     { "model", required_argument, 0, OPT_MODEL },
@@ -166,6 +171,7 @@ static int parse_choice(int opt, const char *arg, cli *c, nx_err *e)
         NX_ERROR_IF((v = pick(arg, numerics, 2)) < 0, e, NX_EINPUT,
                     "--numerics: expected gpu or cpu, got '%s'", arg);
         c->x.numerics = v == 0 ? NX_NUMERICS_GPU : NX_NUMERICS_CPU;
+        c->x.numerics_given = 1;
         return NX_OK;
     case OPT_QUANTIZE:
         NX_ERROR_IF((v = pick(arg, policies, 3)) < 0, e, NX_EINPUT,

@@ -146,17 +146,62 @@ static int fused_work(const nx_catalog *c, const nx_classes *k, const nx_plan_op
     return NX_OK;
 }
 
-static int copy_output(const nx_tensor *t, int64_t idx, nx_out *out, nx_err *e)
+static int copy_output(const nx_tensor *t, int64_t idx, int keep_encoded, nx_out *out,
+                       nx_err *e)
 {
+    int dequant = t->scale >= 0 && !keep_encoded;
     memset(out, 0, sizeof *out);
     out->name = nx_strdup(t->name);
     NX_ALLOC_CHECK(out->name, e, "an output name");
-    out->kind = t->scale >= 0 ? NX_OUT_DEQUANT : NX_OUT_COPY;
+    out->kind = dequant ? NX_OUT_DEQUANT : NX_OUT_COPY;
     out->src = idx;
-    out->dtype = t->scale >= 0 ? NX_DT_BF16 : t->dtype;
+    out->dtype = dequant ? NX_DT_BF16 : t->dtype;
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof out->shape);
-    out->nbytes = nx_tensor_out_bytes(t);
+    if (dequant) /* the linear's shape: an MXFP4 weight has two elements per stored byte */
+        out->shape[1] = nx_tensor_cols(t);
+    out->nbytes = dequant ? nx_tensor_out_bytes(t) : t->nbytes;
+    return NX_OK;
+}
+
+/* Source tensors that get no output: scales read with their weight (all of them when encoded
+ * weights are decoded; those of quantized weights when the rest are kept encoded). */
+static uint8_t *skipped_tensors(const nx_catalog *c, const nx_classes *k)
+{
+    uint8_t *skip = malloc((size_t)c->n + 1);
+    for (int64_t i = 0; skip && i < c->n; i++)
+        skip[i] = c->t[i].consumed;
+    for (int64_t q = 0; skip && q < k->n_q; q++)
+        if (c->t[k->q[q].tensor].scale >= 0)
+            skip[c->t[k->q[q].tensor].scale] = 1;
+    return skip;
+}
+
+/* The work item of source tensor i, unless skipped. */
+static int add_work(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *o, int64_t i,
+                    int skip, nx_plan *p, nx_err *e)
+{
+    p->work_of[i] = -1;
+    if (skip)
+        return NX_OK;
+    const nx_fused *f = nx_catalog_fused(c, i);
+    if (f && (k->qmod_of[i] >= 0 || f->mxfp4)) /* fused.h: split into pieces */
+        return fused_work(c, k, o, i, p, e);
+    p->work_of[i] = p->n_work;
+    nx_work *w = &p->work[p->n_work++];
+    int64_t q = k->qmod_of[i];
+    w->tensor = i;
+    w->piece = -1;
+    w->first = p->n_out;
+    w->n_out = 1;
+    if (q >= 0)
+        NX_TRY(quant_outputs(c, &k->q[q], o, &p->out[p->n_out], &w->n_out, e));
+    else
+        NX_TRY(copy_output(&c->t[i], i, o->keep_encoded, &p->out[p->n_out], e));
+    p->n_out += w->n_out;
+    w->cost = c->t[i].nbytes;
+    for (int32_t j = 0; j < w->n_out; j++)
+        w->cost += p->out[w->first + j].nbytes;
     return NX_OK;
 }
 
@@ -169,33 +214,13 @@ static int build_outputs(const nx_catalog *c, const nx_classes *k, const nx_plan
     p->work = calloc((size_t)(c->n + n_kv + pieces) + 1, sizeof *p->work);
     p->work_of = malloc(((size_t)c->n + 1) * sizeof *p->work_of);
     p->out = calloc((size_t)(c->n + 3 * k->n_q + 2 * n_kv) + 1, sizeof *p->out);
-    NX_ERROR_IF(!p->work || !p->work_of || !p->out, e, NX_EIO, "out of memory planning");
-    for (int64_t i = 0; i < c->n; i++) {
-        p->work_of[i] = -1;
-        if (c->t[i].consumed)
-            continue;
-        const nx_fused *f = nx_catalog_fused(c, i);
-        if (f && (k->qmod_of[i] >= 0 || f->mxfp4)) { /* fused.h: split into pieces */
-            NX_TRY(fused_work(c, k, o, i, p, e));
-            continue;
-        }
-        p->work_of[i] = p->n_work;
-        nx_work *w = &p->work[p->n_work++];
-        int64_t q = k->qmod_of[i];
-        w->tensor = i;
-        w->piece = -1;
-        w->first = p->n_out;
-        if (q >= 0)
-            NX_TRY(quant_outputs(c, &k->q[q], o, &p->out[p->n_out], &w->n_out, e));
-        else
-            NX_TRY(copy_output(&c->t[i], i, &p->out[p->n_out], e));
-        if (q < 0)
-            w->n_out = 1;
-        p->n_out += w->n_out;
-        w->cost = c->t[i].nbytes;
-        for (int32_t j = 0; j < w->n_out; j++)
-            w->cost += p->out[w->first + j].nbytes;
-    }
+    uint8_t *skip = skipped_tensors(c, k);
+    int rc = p->work && p->work_of && p->out && skip ? NX_OK
+             : nx_err_set(e, NX_EIO, "out of memory planning");
+    for (int64_t i = 0; rc == NX_OK && i < c->n; i++)
+        rc = add_work(c, k, o, i, skip[i], p, e);
+    free(skip);
+    NX_TRY(rc);
     for (int64_t a = 0; a < n_kv; a++) {
         nx_work *w = &p->work[p->n_work++];
         w->tensor = -1;
@@ -258,7 +283,7 @@ static int assign_shards(nx_plan *p, const int64_t *ord, uint64_t max_bytes)
 }
 
 static int layout_shard(nx_plan *p, int32_t s, const int64_t *ord, int64_t first, int64_t n,
-                        nx_err *e)
+                        int bare, nx_err *e)
 {
     nx_st_entry *ent = calloc((size_t)n + 1, sizeof *ent);
     NX_ALLOC_CHECK(ent, e, "a shard layout");
@@ -268,7 +293,8 @@ static int layout_shard(nx_plan *p, int32_t s, const int64_t *ord, int64_t first
                                 .id = ord[first + i] };
         memcpy(ent[i].shape, o->shape, sizeof ent[i].shape);
     }
-    int rc = nx_st_layout(ent, n, &p->shard_headers[s], &p->header_bytes[s], e);
+    int rc = bare ? nx_st_layout_bare(ent, n, &p->shard_headers[s], &p->header_bytes[s], e)
+                  : nx_st_layout(ent, n, &p->shard_headers[s], &p->header_bytes[s], e);
     uint64_t end = 0;
     for (int64_t i = 0; rc == NX_OK && i < n; i++) {
         p->out[ent[i].id].offset = p->header_bytes[s] + ent[i].begin;
@@ -279,33 +305,57 @@ static int layout_shard(nx_plan *p, int32_t s, const int64_t *ord, int64_t first
     return rc;
 }
 
-static int build_shards(nx_plan *p, uint64_t max_bytes, nx_err *e)
+/* DeepSeek-V4: each output in its source tensor's file, under the source's shard names. */
+static int32_t source_shards(const nx_catalog *c, nx_plan *p)
+{
+    for (int64_t i = 0; i < p->n_out; i++)
+        p->out[i].shard = p->out[i].kind == NX_OUT_K_SCALE || p->out[i].kind == NX_OUT_V_SCALE
+                          ? 0 : c->t[p->out[i].src].file;
+    return c->n_files;
+}
+
+/* Order by shard (stable: name order within one). */
+static int cmp_out_shard(const void *a, const void *b)
+{
+    const nx_out *x = &g_sort_out[*(const int64_t *)a], *y = &g_sort_out[*(const int64_t *)b];
+    if (x->shard != y->shard)
+        return x->shard < y->shard ? -1 : 1;
+    return nx_natural_cmp(x->name, y->name);
+}
+
+static char *shard_name(const nx_catalog *c, const nx_plan *p, const nx_plan_opts *o, int32_t s)
+{
+    if (o->source_shards)
+        return nx_strdup(c->files[s]);
+    return p->n_shards == 1 ? nx_strdup("model.safetensors")
+                            : nx_asprintf("model-%05d-of-%05d.safetensors", s + 1, p->n_shards);
+}
+
+static int build_shards(const nx_catalog *c, nx_plan *p, const nx_plan_opts *o, nx_err *e)
 {
     int64_t *ord = name_order(p, e);
     if (ord == NULL)
         return e->code;
-    p->n_shards = assign_shards(p, ord, max_bytes);
+    p->n_shards = o->source_shards ? source_shards(c, p)
+                                   : assign_shards(p, ord, o->max_shard_bytes);
+    if (o->source_shards)
+        qsort(ord, (size_t)p->n_out, sizeof *ord, cmp_out_shard);
     p->shard_names = calloc((size_t)p->n_shards, sizeof *p->shard_names);
     p->shard_headers = calloc((size_t)p->n_shards, sizeof *p->shard_headers);
     p->shard_bytes = calloc((size_t)p->n_shards, sizeof *p->shard_bytes);
     p->header_bytes = calloc((size_t)p->n_shards, sizeof *p->header_bytes);
     int rc = p->shard_names && p->shard_headers && p->shard_bytes && p->header_bytes
                  ? NX_OK : nx_err_set(e, NX_EIO, "out of memory planning shards");
-    for (int64_t first = 0; rc == NX_OK && first <= p->n_out; ) {
-        int32_t s = first < p->n_out ? p->out[ord[first]].shard : 0;
+    for (int64_t first = 0, s = 0; rc == NX_OK && s < p->n_shards; s++) {
         int64_t n = 0;
         while (first + n < p->n_out && p->out[ord[first + n]].shard == s)
             n++;
-        p->shard_names[s] = p->n_shards == 1
-            ? nx_strdup("model.safetensors")
-            : nx_asprintf("model-%05d-of-%05d.safetensors", s + 1, p->n_shards);
+        p->shard_names[s] = shard_name(c, p, o, (int32_t)s);
         if (p->shard_names[s] == NULL)
             rc = nx_err_set(e, NX_EIO, "out of memory");
         if (rc == NX_OK)
-            rc = layout_shard(p, s, ord, first, n, e);
+            rc = layout_shard(p, (int32_t)s, ord, first, n, o->source_shards, e);
         first += n;
-        if (first == p->n_out)
-            break;
     }
     for (int64_t i = 0; i < p->n_out; i++)
         p->total_tensor_bytes += p->out[i].nbytes;
@@ -350,7 +400,7 @@ int nx_plan_build(const nx_catalog *c, const nx_classes *k, const nx_plan_opts *
 {
     memset(p, 0, sizeof *p);
     NX_TRY(build_outputs(c, k, o, p, e));
-    NX_TRY(build_shards(p, o->max_shard_bytes, e));
+    NX_TRY(build_shards(c, p, o, e));
     return assign_owners(c, p, o->nranks > 0 ? o->nranks : 1, e);
 }
 

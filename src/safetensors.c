@@ -19,7 +19,8 @@ static const struct {
 } dtypes[NX_DT_COUNT] = {
     [NX_DT_BOOL] = { "BOOL", 1 },       [NX_DT_U8] = { "U8", 1 },
     [NX_DT_I8] = { "I8", 1 },           [NX_DT_F8_E5M2] = { "F8_E5M2", 1 },
-    [NX_DT_F8_E4M3] = { "F8_E4M3", 1 }, [NX_DT_I16] = { "I16", 2 },
+    [NX_DT_F8_E4M3] = { "F8_E4M3", 1 }, [NX_DT_F8_E8M0] = { "F8_E8M0", 1 },
+    [NX_DT_I16] = { "I16", 2 },
     [NX_DT_U16] = { "U16", 2 },         [NX_DT_F16] = { "F16", 2 },
     [NX_DT_BF16] = { "BF16", 2 },       [NX_DT_I32] = { "I32", 4 },
     [NX_DT_U32] = { "U32", 4 },         [NX_DT_F32] = { "F32", 4 },
@@ -35,6 +36,16 @@ static int dtype_valid(nx_dtype dt)
 const char *nx_dtype_name(nx_dtype dt)
 {
     return dtype_valid(dt) ? dtypes[dt].name : "?";
+}
+
+void nx_shape_text(nx_dtype dt, int ndim, const int64_t *shape, char *buf, size_t len)
+{
+    size_t used = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(dt));
+    for (int i = 0; i < ndim && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < len)
+        snprintf(buf + used, len - used, "]");
 }
 
 int nx_dtype_parse(const char *name, nx_dtype *dt)
@@ -516,7 +527,6 @@ static void buf_json_string(text_buf *b, const char *s)
 
 static void buf_tensor(text_buf *b, const nx_st_entry *t)
 {
-    buf_put(b, ",", 1);
     buf_json_string(b, t->name);
     buf_puts(b, ":{\"dtype\":\"");
     buf_puts(b, nx_dtype_name(t->dtype));
@@ -587,12 +597,15 @@ static int assign_offsets(nx_st_entry *entries, int64_t n, nx_err *e)
 }
 
 /* Renders prefix + JSON + padding into b. */
-static void render_header(const nx_st_entry *entries, int64_t n, text_buf *b)
+static void render_header(const nx_st_entry *entries, int64_t n, int with_metadata, text_buf *b)
 {
     buf_put(b, "\0\0\0\0\0\0\0\0", 8);
-    buf_puts(b, "{\"__metadata__\":{\"format\":\"pt\"}");
-    for (int64_t i = 0; i < n; i++)
+    buf_puts(b, with_metadata ? "{\"__metadata__\":{\"format\":\"pt\"}" : "{");
+    for (int64_t i = 0; i < n; i++) {
+        if (i > 0 || with_metadata)
+            buf_put(b, ",", 1);
         buf_tensor(b, &entries[i]);
+    }
     buf_put(b, "}", 1);
     while (!b->oom && b->len % 8 != 0)
         buf_put(b, " ", 1);
@@ -603,8 +616,8 @@ static void render_header(const nx_st_entry *entries, int64_t n, text_buf *b)
         b->p[i] = (char)(json_bytes >> (8 * i) & 0xFF);
 }
 
-int nx_st_layout(nx_st_entry *entries, int64_t n, char **header, uint64_t *header_bytes,
-                 nx_err *e)
+static int layout(nx_st_entry *entries, int64_t n, int with_metadata, char **header,
+                  uint64_t *header_bytes, nx_err *e)
 {
     text_buf b = { 0 };
     *header = NULL;
@@ -615,7 +628,7 @@ int nx_st_layout(nx_st_entry *entries, int64_t n, char **header, uint64_t *heade
     if (n > 1)
         qsort(entries, (size_t)n, sizeof *entries, cmp_entries);
     NX_TRY(assign_offsets(entries, n, e));
-    render_header(entries, n, &b);
+    render_header(entries, n, with_metadata, &b);
     if (b.oom) {
         free(b.p);
         return nx_err_set(e, NX_EIO, "out of memory rendering a safetensors header");
@@ -623,4 +636,16 @@ int nx_st_layout(nx_st_entry *entries, int64_t n, char **header, uint64_t *heade
     *header = b.p;
     *header_bytes = b.len;
     return NX_OK;
+}
+
+int nx_st_layout(nx_st_entry *entries, int64_t n, char **header, uint64_t *header_bytes,
+                 nx_err *e)
+{
+    return layout(entries, n, 1, header, header_bytes, e);
+}
+
+int nx_st_layout_bare(nx_st_entry *entries, int64_t n, char **header, uint64_t *header_bytes,
+                      nx_err *e)
+{
+    return layout(entries, n, 0, header, header_bytes, e);
 }

@@ -50,12 +50,19 @@ static float absmax_src(const void *raw, nx_dtype dt, int64_t n)
     return isfinite(v) ? v : NAN;
 }
 
-/* Rows [r, r+n) of the weight: their max |w|. FP8 sources are dequantized first. */
+/* Rows [r, r+n) of the weight: their max |w|. Encoded sources are decoded first (decode.h),
+ * except MXFP4, whose max needs only each block's largest code and its scale. */
 static int rows_absmax(nx_source *src, int64_t tensor, int64_t r, int64_t n, float *w,
                        void *raw, float *m, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
-    int64_t elems = n * t->shape[1];
+    int64_t cols = nx_tensor_cols(t), elems = n * cols;
+    if (t->codec == NX_CODEC_MXFP4) {
+        uint8_t *packed = raw, *e8m0 = packed + elems / 2;
+        NX_TRY(nx_source_stored_rows(src, tensor, r, n, packed, e8m0, e));
+        *m = nx_mxfp4_absmax(packed, e8m0, n, cols);
+        return NX_OK;
+    }
     if (t->scale >= 0) {
         NX_TRY(nx_source_read_rows_f32(src, tensor, r, n, w, raw, e));
         *m = absmax_src(w, NX_DT_F32, elems);
@@ -83,7 +90,8 @@ typedef struct scratch {
 static int weight_absmax(nx_source *src, int64_t tensor, scratch *sc, float *amax, nx_err *e)
 {
     const nx_tensor *t = &src->c->t[tensor];
-    int64_t cols = t->shape[1], rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    int64_t cols = nx_tensor_cols(t);
+    int64_t rows_per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
     float m = 0.0f;
     int kept;
     int rc = nx_source_keep(src, tensor, &kept, e);
@@ -122,54 +130,6 @@ static int fused_absmax(nx_source *src, const nx_plan *p, int64_t t, int rank,
     return NX_OK;
 }
 
-static int is_cast(const nx_catalog *c, const nx_qmod *q, int cast_mxfp4)
-{
-    const nx_fused *f = nx_catalog_fused(c, q->tensor);
-    return cast_mxfp4 && f && f->mxfp4;
-}
-
-/* --cast-mxfp4: every rank counts the E8M0 bytes of its pieces; the summed histogram of each
- * MXFP4 tensor gives ModelOpt's closed form (mxfp4.h), the same on every rank. */
-static int cast_sync(nx_source *src, const nx_classes *k, const nx_plan *p, int rank,
-                     nx_amax *a, MPI_Comm comm, nx_err *e)
-{
-    int64_t n = 0;
-    for (int64_t i = 0; i < k->n_q; i++)
-        n += is_cast(src->c, &k->q[i], 1);
-    NX_ERROR_IF(n == 0, e, NX_EINPUT, "--cast-mxfp4: %s has no quantized MXFP4 experts "
-                "(gpt-oss's *_blocks/*_scales)", src->c->dir);
-    int64_t *hist = calloc((size_t)n * 256, sizeof *hist);
-    nx_fused_scratch *fs = NULL;
-    int rc = hist ? NX_OK : nx_err_set(e, NX_EIO, "out of memory for the cast");
-    for (int64_t i = 0, h = 0; rc == NX_OK && i < k->n_q; i++) {
-        if (!is_cast(src->c, &k->q[i], 1))
-            continue;
-        const nx_fused *f = nx_catalog_fused(src->c, k->q[i].tensor);
-        for (int64_t w = p->work_of[f->tensor]; rc == NX_OK && w < p->work_of[f->tensor] +
-                                                               f->n_pieces; w++)
-            if (p->work[w].rank == rank)
-                rc = nx_fused_piece_scale_hist(src, f, p->work[w].piece, hist + h * 256, &fs, e);
-        h++;
-    }
-    nx_fused_scratch_free(fs);
-    rc = nx_agree(rc, e, comm);
-    if (rc == NX_OK)
-        MPI_Allreduce(MPI_IN_PLACE, hist, (int)(n * 256), MPI_INT64_T, MPI_SUM, comm);
-    for (int64_t i = 0, h = 0; rc == NX_OK && i < k->n_q; i++) {
-        if (!is_cast(src->c, &k->q[i], 1))
-            continue;
-        nx_mxfp4_cast mc;
-        nx_mxfp4_cast_from_hist(hist + 256 * h++, &mc);
-        a->w[i] = mc.global_amax;
-        a->w_from_weight[i] = 0;
-        a->cast_kmax[i] = mc.kmax_blocks;
-        a->cast_blocks += mc.blocks;
-        a->cast_lossless += mc.lossless;
-    }
-    free(hist);
-    return rc;
-}
-
 /* Owners compute max |W| for their modules that calibration gave no weight amax. */
 static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats *s,
                              const nx_plan *p, int rank, float *group, nx_amax *a, nx_err *e)
@@ -184,7 +144,7 @@ static int local_weight_amax(nx_source *src, const nx_classes *k, const nx_stats
     for (int64_t i = 0; i < k->n_q && rc == NX_OK; i++) {
         const nx_qmod *q = &k->q[i];
         float v = s->w_amax[i];
-        if (a->cast_kmax[i] != NX_NOT_CAST)
+        if (a->k_shared[i] != NX_NOT_CAST)
             continue; /* closed form, cast_sync */
         if (v == NX_ABSENT && nx_catalog_fused(src->c, q->tensor)) {
             a->w_from_weight[i] = 1;
@@ -218,7 +178,7 @@ static int missing_inputs(const nx_catalog *c, const nx_classes *k, const nx_sta
     int64_t n = 0;
     for (int64_t i = 0; i < k->n_q; i++) {
         if (k->q[i].slot >= 0 || s->in_amax[i] != NX_ABSENT)
-            continue;
+            continue; /* experts: resolve_inputs or resolve_fallback covers them */
         char *name = nx_qmod_name(c, &k->q[i]);
         size_t len = strlen(list);
         if (name && len + strlen(name) + 8 < sizeof list)
@@ -267,6 +227,58 @@ static int resolve_inputs(const nx_catalog *c, const nx_classes *k, const nx_sta
     return rc;
 }
 
+/* A fused group whose members disagree on having an input amax: ModelOpt's calibration records
+ * w1 and w3 together (they read the same input), so one alone is a broken file. */
+static int one_sided_group(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                           const uint8_t *has, nx_err *e)
+{
+    for (int64_t i = 0; i < k->n_q; i++)
+        NX_ERROR_IF(has[k->q[i].group] == 3 && s->in_amax[i] == NX_ABSENT, e, NX_EINPUT,
+                    "calibration has an input amax for a fused sibling of %s but not for it "
+                    "(w1 and w3 of an expert are calibrated together)",
+                    c->t[k->q[i].tensor].name);
+    return NX_OK;
+}
+
+/* DeepSeek-V4 (ModelOpt's quantize_to_nvfp4.py): an expert keeps its own input amax (w1 and w3
+ * their max); one without takes the largest input amax of the same projection over all
+ * calibrated experts of the main layers; none calibrated for it is an error naming it. */
+static int resolve_fallback(const nx_catalog *c, const nx_classes *k, const nx_stats *s,
+                            nx_amax *a, nx_err *e)
+{
+    float *pool = malloc(((size_t)k->n_slots + 1) * sizeof *pool);
+    float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    uint8_t *has = calloc((size_t)k->n_groups + 1, 1); /* bit 0: a member has one, 1: lacks */
+    int rc = pool && group && has ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t i = 0; rc == NX_OK && i < k->n_slots; i++)
+        pool[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_groups; i++)
+        group[i] = NX_ABSENT;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        const nx_qmod *q = &k->q[i];
+        has[q->group] |= s->in_amax[i] != NX_ABSENT ? 1 : 2;
+        group[q->group] = s->in_amax[i] > group[q->group] ? s->in_amax[i] : group[q->group];
+    }
+    if (rc == NX_OK)
+        rc = one_sided_group(c, k, s, has, e);
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        if (group[k->q[i].group] > pool[k->q[i].slot])
+            pool[k->q[i].slot] = group[k->q[i].group];
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        const nx_qmod *q = &k->q[i];
+        a->in_from_layer[i] = group[q->group] == NX_ABSENT;
+        a->in[i] = a->in_from_layer[i] ? pool[q->slot] : group[q->group];
+        if (a->in[i] == NX_ABSENT)
+            rc = nx_err_set(e, NX_EINPUT, "calibration has no input amax for any %s, so %s "
+                            "(uncalibrated) has none to fall back to", k->slot_names[q->slot],
+                            c->t[q->tensor].name);
+    }
+    free(pool);
+    free(group);
+    free(has);
+    return rc;
+}
+
 static int check_resolved(const nx_catalog *c, const nx_classes *k, const float *v,
                           const char *what, nx_err *e)
 {
@@ -277,8 +289,94 @@ static int check_resolved(const nx_catalog *c, const nx_classes *k, const float 
     return NX_OK;
 }
 
+/* ---- --cast-mxfp4: the k_max of MXFP4 scales (mxfp4.h) ---------------------------------- */
+
+/* A module the cast covers: its source is MXFP4, a 2-D weight (DeepSeek-V4) or a fused
+ * projection (gpt-oss's <experts>.<proj>_blocks). */
+static int is_cast(const nx_catalog *c, const nx_qmod *q, int cast)
+{
+    return cast && c->t[q->tensor].codec == NX_CODEC_MXFP4;
+}
+
+/* n bytes of scale tensor t into *buf (grown as needed). */
+static int read_scale_bytes(nx_source *src, int64_t t, size_t n, uint8_t **buf, size_t *cap,
+                            nx_err *e)
+{
+    if (n > *cap) {
+        uint8_t *grown = realloc(*buf, n);
+        NX_ALLOC_CHECK(grown, e, "MXFP4 scales");
+        *buf = grown;
+        *cap = n;
+    }
+    return nx_source_read(src, t, 0, *buf, n, e);
+}
+
+/* This rank's k_max of module q's scale bytes (INT32_MIN when it reads none of them): the
+ * pieces it owns of a fused projection, or the whole scale tensor of a weight it owns. */
+static int local_kmax(nx_source *src, const nx_plan *p, const nx_qmod *q, int rank,
+                      nx_fused_scratch **fs, uint8_t **buf, size_t *cap, int32_t *k, nx_err *e)
+{
+    const nx_fused *f = nx_catalog_fused(src->c, q->tensor);
+    const uint8_t *sc = NULL;
+    int64_t n = 0;
+    *k = INT32_MIN;
+    for (int64_t w = f ? p->work_of[q->tensor] : 0; f && w < p->work_of[q->tensor] +
+                                                           f->n_pieces; w++) {
+        if (p->work[w].rank != rank)
+            continue;
+        NX_TRY(nx_fused_piece_scales(src, f, p->work[w].piece, &sc, &n, fs, e));
+        int32_t v = nx_mxfp4_kmax(sc, n);
+        *k = v > *k ? v : *k;
+    }
+    if (f || nx_plan_owner(p, q->tensor) != rank)
+        return NX_OK;
+    int64_t st = src->c->t[q->tensor].scale;
+    NX_TRY(read_scale_bytes(src, st, (size_t)src->c->t[st].nbytes, buf, cap, e));
+    *k = nx_mxfp4_kmax(*buf, (int64_t)src->c->t[st].nbytes);
+    return NX_OK;
+}
+
+/* --cast-mxfp4: every rank reads the scales of what it owns; each module's own k_max
+ * (k_window, the window of its closed-form block amax) is their max over the ranks, and a
+ * fused group (V4's w1 with w3; a gpt-oss projection is its own group) shares the largest, an
+ * all-zero tensor counting as 0, for one weight_scale_2 = 2^(k_shared - 8) (FRONTIER.md 1.4).
+ * The global amax is then 6 * 448 * 2^(k_shared - 8), whatever the calibration holds. */
+static int cast_sync(nx_source *src, const nx_classes *k, const nx_plan *p, int rank,
+                     nx_amax *a, MPI_Comm comm, nx_err *e)
+{
+    int32_t *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
+    nx_fused_scratch *fs = NULL;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    int rc = group ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
+        if (is_cast(src->c, &k->q[i], 1))
+            rc = local_kmax(src, p, &k->q[i], rank, &fs, &buf, &cap, &a->k_window[i], e);
+    nx_fused_scratch_free(fs);
+    free(buf);
+    rc = nx_agree(rc, e, comm);
+    if (rc == NX_OK)
+        MPI_Allreduce(MPI_IN_PLACE, a->k_window, (int)k->n_q, MPI_INT32_T, MPI_MAX, comm);
+    for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
+        group[g] = INT32_MIN;
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        int32_t v = a->k_window[i] == NX_E8M0_NONE ? 0 : a->k_window[i];
+        if (is_cast(src->c, &k->q[i], 1) && v > group[k->q[i].group])
+            group[k->q[i].group] = v;
+    }
+    for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++) {
+        if (!is_cast(src->c, &k->q[i], 1))
+            continue;
+        a->k_shared[i] = group[k->q[i].group];
+        a->w[i] = ldexpf(2688.0f, a->k_shared[i] - 8);
+        a->w_from_weight[i] = 0;
+    }
+    free(group);
+    return rc;
+}
+
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, int cast_mxfp4, nx_amax *a, MPI_Comm comm, nx_err *e)
+                 int weight_only, int cast, nx_amax *a, MPI_Comm comm, nx_err *e)
 {
     const nx_catalog *c = src->c;
     int rank;
@@ -290,14 +388,15 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     a->in = calloc(n, sizeof *a->in);
     a->w_from_weight = calloc(n, 1);
     a->in_from_layer = calloc(n, 1);
-    a->cast_kmax = malloc(n * sizeof *a->cast_kmax);
+    a->k_shared = malloc(n * sizeof *a->k_shared);
+    a->k_window = malloc(n * sizeof *a->k_window);
     float *group = malloc(((size_t)k->n_groups + 1) * sizeof *group);
     int rc = a->w && a->w_own && a->in && a->w_from_weight && a->in_from_layer &&
-             a->cast_kmax && group ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
+             a->k_shared && a->k_window && group ? NX_OK : nx_err_set(e, NX_EIO, "out of memory");
     for (int64_t g = 0; rc == NX_OK && g < k->n_groups; g++)
         group[g] = NX_ABSENT;
     for (int64_t i = 0; rc == NX_OK && i < k->n_q; i++)
-        a->cast_kmax[i] = is_cast(c, &k->q[i], cast_mxfp4) ? 0 : NX_NOT_CAST;
+        a->k_shared[i] = a->k_window[i] = is_cast(c, &k->q[i], cast) ? 0 : NX_NOT_CAST;
     if (rc == NX_OK)
         rc = local_weight_amax(src, k, s, p, rank, group, a, e);
     rc = nx_agree(rc, e, comm);
@@ -308,12 +407,12 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
         for (int64_t i = 0; i < k->n_q; i++)
             a->w[i] = group[k->q[i].group];
     }
-    if (rc == NX_OK && cast_mxfp4)
+    if (rc == NX_OK && cast)
         rc = cast_sync(src, k, p, rank, a, comm, e);
     if (rc == NX_OK)
         rc = check_resolved(c, k, a->w, "weight", e);
     if (rc == NX_OK && !weight_only)
-        rc = resolve_inputs(c, k, s, a, e);
+        rc = k->slot_fallback ? resolve_fallback(c, k, s, a, e) : resolve_inputs(c, k, s, a, e);
     if (rc == NX_OK && !weight_only)
         rc = check_resolved(c, k, a->in, "input", e);
     free(group);
@@ -322,11 +421,12 @@ int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const n
 
 void nx_amax_free(nx_amax *a)
 {
+    free(a->k_shared);
     free(a->w);
     free(a->w_own);
     free(a->in);
     free(a->w_from_weight);
     free(a->in_from_layer);
-    free(a->cast_kmax);
+    free(a->k_window);
     memset(a, 0, sizeof *a);
 }

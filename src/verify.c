@@ -201,12 +201,7 @@ static int results_collect(vctx *v, nx_err *e)
 
 void nx_verify_shape_text(const nx_st_tensor *t, char *buf, size_t len)
 {
-    size_t used = (size_t)snprintf(buf, len, "%s [", nx_dtype_name(t->dtype));
-    for (int i = 0; i < t->ndim && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
-                                 (long long)t->shape[i]);
-    if (used < len)
-        snprintf(buf + used, len - used, "]");
+    nx_shape_text(t->dtype, t->ndim, t->shape, buf, len);
 }
 
 static int file_exists(const char *dir, const char *name, nx_err *e, int *exists)
@@ -437,6 +432,15 @@ static int prefixes_collect(vctx *v, nx_strmap *seen, named_id *ids, nx_err *e)
     return NX_OK;
 }
 
+/* A tensor <module>.scale exists (an encoding's scales, as DeepSeek-V4's release keeps them). */
+static int has_own_scale(const vctx *v, const module *m)
+{
+    char *name = nx_asprintf("%s.scale", m->name);
+    int yes = name && tensor_find(&v->c, name) >= 0;
+    free(name);
+    return yes;
+}
+
 /* Quantized: packed codes (compressed-tensors weight_packed, or a U8 weight) or any scale of
  * quantization; excluded: a 2-D weight in another dtype. */
 static int module_status(const vctx *v, const module *m)
@@ -445,6 +449,9 @@ static int module_status(const vctx *v, const module *m)
         return MOD_QUANT;
     if (m->t[SFX_WEIGHT] >= 0) {
         const nx_st_tensor *w = v->c.t[m->t[SFX_WEIGHT]].st;
+        if (w->dtype == NX_DT_U8 && v->mixed && m->t[SFX_WEIGHT_SCALE] < 0 &&
+            has_own_scale(v, m))
+            return MOD_EXCL; /* MXFP4 stored as U8, with its E8M0 .scale (verify_mixed.c) */
         if (w->dtype == NX_DT_U8)
             return MOD_QUANT;
         return w->ndim == 2 ? MOD_EXCL : MOD_NONE;
@@ -623,6 +630,7 @@ static int configs_load(vctx *v, nx_err *e)
     if (!cJSON_IsObject(v->hqq))
         v->hqq = NULL;
     settings_derive(v);
+    nx_verify_mixed_derive(v);
     return xlists_build(v, e);
 }
 

@@ -138,6 +138,9 @@ typedef struct vctx {
     int fmt;          /* FMT_MODELOPT or FMT_CT, from config.json */
     int sfx_codes;    /* the role holding the packed codes: SFX_WEIGHT or SFX_PACKED */
     int weight_only, kv_fp8;
+    int mixed;        /* quant_algo MIXED_PRECISION: quantized_layers decides (verify_mixed.c) */
+    int hybrid_fp8;   /* and quant_method "fp8": DeepSeek-V4's FP8 + NVFP4 checkpoint */
+    const cJSON *qlayers; /* quantized_layers (hf_quant_config.json's, else config.json's) */
     int64_t n_layers; /* num_hidden_layers: layers at or above it are MTP */
     xlist lists[2];
     int n_lists;
@@ -229,6 +232,16 @@ int nx_verify_fused_group(const vctx *v, const char *name, int64_t members[3]);
 int nx_verify_check_experts(vctx *v, nx_err *e);   /* M1 M2 M3 */
 int nx_verify_check_exclusion(vctx *v, nx_err *e); /* M4 E1 E2 */
 int nx_verify_check_kv(vctx *v, nx_err *e);        /* K1 */
+
+/* ---- src/verify_mixed.c: the MIXED_PRECISION layout ---------------------------------------- */
+
+/* Sets mixed, hybrid_fp8 and qlayers from the loaded configs. */
+void nx_verify_mixed_derive(vctx *v);
+int nx_verify_mixed_configs(vctx *v, nx_err *e); /* C1 C2 C3 of the layout */
+int nx_verify_mixed_layers(vctx *v, nx_err *e);  /* E1 by quantized_layers */
+/* T4: whether tensor t (a name without a known role) may sit in module m: anything but a
+ * ".scale", which only an excluded FP8 or MXFP4 weight keeps, shaped for it. */
+int nx_verify_mixed_other_ok(const vctx *v, const module *m, const tensor_ref *t);
 
 /* ---- src/verify_source.c ------------------------------------------------------------------ */
 

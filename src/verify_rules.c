@@ -66,7 +66,7 @@ enum { KIND_OTHER, KIND_ROUTER, KIND_SPECIAL };
 static int is_router(const char *name)
 {
     static const char *const suffixes[] = { ".mlp.gate", ".router", ".block_sparse_moe.gate",
-                                            ".shared_expert_gate" };
+                                            ".shared_expert_gate", ".ffn.gate" };
     for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++)
         if (ends_with(name, suffixes[i]) || strcmp(name, suffixes[i] + 1) == 0)
             return 1;
@@ -98,10 +98,10 @@ static const char *special_kind(const vctx *v, const char *name)
     static const char *const vision[] = { "vision_tower", "vision_model", "visual",
                                           "vision_encoder" };
     if (strstr(name, "embed_tokens") || has_component(name, "wte") ||
-        has_component(name, "embeddings"))
+        has_component(name, "embeddings") || strcmp(name, "embed") == 0)
         return "embedding";
-    if (strcmp(name, "lm_head") == 0 || ends_with(name, ".lm_head"))
-        return "lm_head";
+    if (strcmp(name, "lm_head") == 0 || ends_with(name, ".lm_head") || strcmp(name, "head") == 0)
+        return "lm_head"; /* DeepSeek-V4's release names them embed and head */
     for (size_t i = 0; i < sizeof vision / sizeof *vision; i++)
         if (has_component(name, vision[i]))
             return "vision tower";
@@ -346,6 +346,8 @@ static void check_ct(vctx *v)
 
 int nx_verify_check_configs(vctx *v, nx_err *e)
 {
+    if (v->mixed && v->fmt == FMT_MODELOPT)
+        return nx_verify_mixed_configs(v, e);
     if (v->fmt == FMT_CT) {
         check_ct(v);
         return NX_OK;
@@ -408,6 +410,8 @@ static void index_total_check(vctx *v)
             total += v->c.shards[s].h.tensors[j].end - v->c.shards[s].h.tensors[j].begin;
     }
     const cJSON *ts = jget(jget(v->c.index, "metadata"), "total_size");
+    if (v->hybrid_fp8)
+        return; /* ModelOpt's DeepSeek-V4 script keeps the source's metadata (verify_mixed.c) */
     if (!cJSON_IsNumber(ts))
         nx_violation(v, "I1", INDEX_FILE, "metadata.total_size is missing");
     else if (ts->valuedouble != (double)total)
@@ -602,6 +606,8 @@ static int tensor_allowed(const vctx *v, const module *m, const tensor_ref *t)
         return is_quant_sfx(v, t->sfx) || t->sfx == SFX_BIAS;
     if (t->sfx == SFX_WEIGHT_SCALE || t->sfx == SFX_WEIGHT_SCALE_2 || t->sfx == SFX_INPUT_SCALE)
         return 0;
+    if (v->mixed && t->sfx == SFX_OTHER)
+        return nx_verify_mixed_other_ok(v, m, t);
     return t->sfx != SFX_OTHER || strstr(leaf_of(t->st->name), "scale") == NULL;
 }
 
@@ -745,8 +751,9 @@ typedef struct expert_rec {
 /* <layer>.mlp.experts.<E>.<proj> or <layer>.block_sparse_moe.experts.<E>.<proj>. */
 static int expert_parse(const char *name, size_t *layer_len, int64_t *expert, int *proj)
 {
-    static const char *const markers[] = { ".mlp.experts.", ".block_sparse_moe.experts." };
-    for (size_t i = 0; i < 2; i++) {
+    static const char *const markers[] = { ".mlp.experts.", ".block_sparse_moe.experts.",
+                                           ".ffn.experts." };
+    for (size_t i = 0; i < sizeof markers / sizeof *markers; i++) {
         const char *p = strstr(name, markers[i]);
         if (p == NULL)
             continue;
@@ -905,6 +912,8 @@ static int moe_layer_check(vctx *v, const char *layer, const expert_rec *r, int6
     if (!any_quant)
         return NX_OK;
     m1_check(v, layer, r, n);
+    if (v->hybrid_fp8)
+        return NX_OK; /* DeepSeek-V4: each expert's own input_scale (verify_mixed.c) */
     return m2_check(v, layer, r, n, e);
 }
 
@@ -1000,7 +1009,8 @@ static void listing_check(vctx *v, const module *m, int kind, const xlist *l)
     static const char *const rule[] = { [KIND_OTHER] = "E1", [KIND_ROUTER] = "M4",
                                         [KIND_SPECIAL] = "E2" };
     const char *hit;
-    if (m->status == MOD_EXCL && !xlist_covers(l, m->name))
+    /* MIXED_PRECISION: quantized_layers names what is quantized; the list need not be whole */
+    if (m->status == MOD_EXCL && !v->mixed && !xlist_covers(l, m->name))
         nx_violation(v, rule[kind], m->name, "excluded but %s%s", l->exact ?
                      "not named exactly in ignore" : "matched by no exclude entry", l->label);
     if (m->status == MOD_QUANT && (hit = xlist_hits(l, m->name)))
@@ -1010,7 +1020,8 @@ static void listing_check(vctx *v, const module *m, int kind, const xlist *l)
 
 int nx_verify_check_exclusion(vctx *v, nx_err *e)
 {
-    (void)e;
+    if (v->mixed)
+        NX_TRY(nx_verify_mixed_layers(v, e));
     for (int64_t k = 0; k < v->n_mod; k++) {
         const module *m = &v->m[k];
         if (m->status == MOD_NONE)

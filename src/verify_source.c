@@ -2,8 +2,9 @@
  * (T2), quantized weights re-encoded with the stored scales and compared code for code (X,
  * NUMERICS.md), and each quantized module's reconstruction statistics (nx_qstats, --report).
  * The source may be encoded (FP8: DeepSeek-V3/R1, Kimi-K2, MiniMax-M2; INT4 pack-quantized:
- * Kimi-K2-Thinking): its weights are compared as the exporter reads them, decoded and rounded
- * to BF16 through the same decoders (decode.h, README "Source encodings").
+ * Kimi-K2-Thinking; FP8 and MXFP4 with E8M0 scales: DeepSeek-V4): its weights are compared as
+ * the exporter reads them, decoded (and rounded to BF16) through the same decoders (decode.h,
+ * README "Source encodings").
  * Work is per tensor or module, so src/verify.c can spread it over ranks. */
 #include <math.h>
 #include <stdlib.h>
@@ -53,9 +54,22 @@ int nx_verify_source_link(vctx *v, const cJSON *config, nx_err *e)
     return alias_int4(v, e);
 }
 
+/* DeepSeek-V4's release: what is not quantized keeps its encoding (FP8 with its E8M0 .scale,
+ * MTP experts' MXFP4), copied as stored, as ModelOpt's script writes it. */
+static int src_keeps_encoding(const vctx *v)
+{
+    return v->src_enc.kind == NX_ENC_FP8_E8M0;
+}
+
 static int is_encoded(const vctx *v, int64_t si)
 {
     return v->src_enc.link[si].scale >= 0;
+}
+
+/* An encoded source weight the export writes as its BF16 decoding when not quantized. */
+static int is_decoded_copy(const vctx *v, int64_t si)
+{
+    return is_encoded(v, si) && !src_keeps_encoding(v);
 }
 
 nx_dec_weight nx_verify_src_weight(const vctx *v, int64_t si)
@@ -141,7 +155,7 @@ uint64_t nx_verify_copy_bytes(const vctx *v, int64_t ti)
     uint64_t bytes = t->st->end - t->st->begin;
     if (si < 0 || is_artifact(v, t))
         return 0;
-    if (is_encoded(v, si)) { /* BF16 out, the stored rows in */
+    if (is_decoded_copy(v, si)) { /* BF16 out, the stored rows in */
         nx_dec_weight w = nx_verify_src_weight(v, si);
         return is_dequant_of(t->st, &w) ? bytes + (uint64_t)w.rows * nx_dec_row_bytes(&w) : 0;
     }
@@ -235,9 +249,21 @@ int nx_verify_source_copied(vctx *v, int64_t ti, nx_err *e)
                      "shape): its weight is written decoded, this tensor must not be written");
         return NX_OK;
     }
-    if (is_encoded(v, si))
+    if (is_decoded_copy(v, si))
         return encoded_copy_check(v, ti, si, e);
     return plain_copy_check(v, ti, si, e);
+}
+
+/* DeepSeek-V4: the E8M0 .scale of a weight the export quantized, which its codes and block
+ * scales replace (the scales of a weight left as stored are copied with it). */
+static int quantized_e8m0_scale(const vctx *v, const char *name, int *yes, nx_err *e)
+{
+    char *mod = strndup(name, strlen(name) - strlen(".scale"));
+    NX_ALLOC_CHECK(mod, e, "a module name");
+    int64_t k = nx_strmap_get(&v->mod_names, mod);
+    free(mod);
+    *yes = k >= 0 && v->m[k].status == MOD_QUANT;
+    return NX_OK;
 }
 
 /* Whether source tensor i has its counterpart in the checkpoint under another name, or none
@@ -248,6 +274,8 @@ static int src_elsewhere(const vctx *v, int64_t i, int *yes, nx_err *e)
 {
     const char *stored = v->src.t[i].st->name;
     *yes = v->src_enc.link[i].dropped || nx_verify_fused_source_of(v, i);
+    if (!*yes && src_keeps_encoding(v) && ends_with(stored, ".scale"))
+        return quantized_e8m0_scale(v, stored, yes, e);
     if (*yes)
         return NX_OK;
     char *name = nx_enc_weight_name(stored, &v->src_enc.link[i]);

@@ -12,6 +12,7 @@
 #include "nvfp4x/comm.h"
 #include "nvfp4x/fused.h"
 #include "nvfp4x/journal.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/progress.h"
 #include "nvfp4x/report.h"
 #include "nvfp4x/util.h"
@@ -75,6 +76,7 @@ typedef struct writer {
     int64_t n_rep, cap_rep;
     nx_fused_scratch *fs;                /* fused-expert pieces (fused.h): buffers */
     nx_qstats *fused_stats;              /* --report: per fused projection, summed over ranks */
+    int64_t cast_blocks[2];              /* --cast-mxfp4: blocks cast here, lossless ones */
     uint32_t crc[NX_JOURNAL_MAX_OUTS];   /* CRC-32C of each of its outputs so far */
 } writer;
 
@@ -159,12 +161,13 @@ static int copy_tensor(writer *wr, const nx_work *w, nx_err *e)
     return NX_OK;
 }
 
-/* An encoded (FP8, INT4) weight left unquantized is written as its BF16 decoding. */
+/* An encoded (FP8, INT4, MXFP4) weight left unquantized is written as its BF16 decoding. */
 static int dequant_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     const nx_tensor *t = &wr->c->t[w->tensor];
     const nx_out *out = &wr->p->out[w->first];
-    int64_t cols = t->shape[1], per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
+    int64_t cols = nx_tensor_cols(t);
+    int64_t per = ROW_BLOCK_ELEMS / cols > 0 ? ROW_BLOCK_ELEMS / cols : 1;
     for (int64_t r = 0; r < t->shape[0] && !wr->pg.stop; r += per) {
         int64_t n = t->shape[0] - r < per ? t->shape[0] - r : per;
         NX_TRY(nx_source_read_rows_f32(wr->src, w->tensor, r, n, wr->w, wr->raw, e));
@@ -212,7 +215,6 @@ static int static_blocks(writer *wr, int64_t q, float **blocks, nx_err *e)
     return rc;
 }
 
-/* Threads split the rows of one block; each row is independent. */
 /* Threads split the rows of one block; each row is independent. Returns -1 when the rows
  * hold NaN or Inf. */
 static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrows, int64_t cols,
@@ -232,7 +234,8 @@ static int quantize_block(writer *wr, const void *src, nx_dtype dt, int64_t nrow
     return bad ? -1 : 0;
 }
 
-/* The kernels read BF16/F16/F32 as stored; encoded (FP8, INT4) sources are decoded first. */
+/* The kernels read BF16/F16/F32 as stored; encoded (FP8, INT4, MXFP4) sources are decoded
+ * first. */
 static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r, int64_t n,
                       const void **src, nx_dtype *dt, nx_err *e)
 {
@@ -252,12 +255,11 @@ static int read_block(writer *wr, const nx_tensor *t, int64_t tensor, int64_t r,
 
 /* --report: statistics of the rows just quantized, against their float32 values. */
 static void report_rows(writer *wr, const void *src, nx_dtype dt, int64_t n, int64_t cols,
-                        int64_t q)
+                        float ws2)
 {
     if (src != wr->w)
         nx_widen_f32(src, dt, n * cols, wr->w);
-    nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales,
-                  nx_weight_scale_2(wr->a->w[q], wr->o->numerics));
+    nx_qstats_add(&wr->rep[wr->n_rep - 1].st, wr->w, n, cols, wr->codes, wr->scales, ws2);
 }
 
 /* --report of a swept module, once the rows' codes are written (the buffers are reused): the
@@ -324,13 +326,67 @@ static int quantize_rows(writer *wr, const nx_work *w, int64_t q, const float *b
                     nx_source_path(wr->src, m->tensor), t->name, (long long)r,
                     (long long)(r + n - 1));
         if (wr->o->report)
-            report_rows(wr, src, dt, n, m->cols, q);
+            report_rows(wr, src, dt, n, m->cols, nx_weight_scale_2(wr->a->w[q],
+                                                                     wr->o->numerics));
         NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
                          (size_t)(n * (m->cols / 2)), e));
         NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
                          (size_t)(n * (m->cols / NX_BLOCK)), e));
         if (wr->o->report && wr->o->mse)
             report_sweep(wr, src, dt, n, m->cols, q, blocks + r * (m->cols / NX_BLOCK));
+        wr->done += (uint64_t)n * row_bytes;
+        nx_progress_poll(&wr->pg, wr->done);
+    }
+    return NX_OK;
+}
+
+/* --cast-mxfp4: rows [r0, r0+n) of an MXFP4 weight cast in closed form, threads splitting the
+ * rows. Returns the lossless blocks, or -1 when a value is not finite. */
+static int64_t cast_block_rows(writer *wr, const nx_mxfp4_cast *mc, const uint8_t *packed,
+                               const uint8_t *e8m0, int64_t n, int64_t cols)
+{
+    int nt = wr->o->threads;
+    int64_t lossless = 0, bad = 0;
+    #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : lossless, bad)
+    for (int t = 0; t < nt; t++) {
+        int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+        int64_t got = r1 > r0 ? nx_mxfp4_cast_rows(mc, packed + r0 * (cols / 2),
+                                                   e8m0 + r0 * (cols / NX_MXFP4_BLOCK), r1 - r0,
+                                                   cols, wr->codes + r0 * (cols / 2),
+                                                   wr->scales + r0 * (cols / NX_BLOCK)) : 0;
+        lossless += got > 0 ? got : 0;
+        bad += got < 0;
+    }
+    return bad ? -1 : lossless;
+}
+
+static int cast_rows(writer *wr, const nx_work *w, int64_t q, nx_err *e)
+{
+    const nx_qmod *m = &wr->k->q[q];
+    const nx_tensor *t = &wr->c->t[m->tensor];
+    const nx_out *codes = &wr->p->out[w->first], *scales = codes + 1;
+    int64_t per = ROW_BLOCK_ELEMS / m->cols > 0 ? ROW_BLOCK_ELEMS / m->cols : 1;
+    uint64_t row_bytes = t->nbytes / (uint64_t)m->rows; /* as stored: progress counts these */
+    uint8_t *packed = wr->raw, *e8m0 = packed + (size_t)(per * m->cols / 2);
+    nx_mxfp4_cast mc; /* the script's closed form: an all-zero block scaled 2^-9 */
+    nx_mxfp4_cast_init(&mc, wr->a->k_shared[q], wr->a->k_window[q], 0);
+    for (int64_t r = 0; r < m->rows && !wr->pg.stop; r += per) {
+        int64_t n = m->rows - r < per ? m->rows - r : per;
+        NX_TRY(nx_source_stored_rows(wr->src, m->tensor, r, n, packed, e8m0, e));
+        int64_t lossless = cast_block_rows(wr, &mc, packed, e8m0, n, m->cols);
+        NX_ERROR_IF(lossless < 0, e, NX_EINPUT, "%s: tensor %s has a NaN scale (E8M0 0xFF) or "
+                    "values beyond float32 (rows %lld-%lld)", nx_source_path(wr->src,
+                    m->tensor), t->name, (long long)r, (long long)(r + n - 1));
+        wr->cast_blocks[0] += n * (m->cols / NX_MXFP4_BLOCK);
+        wr->cast_blocks[1] += lossless;
+        if (wr->o->report) {
+            nx_mxfp4_decode_rows(packed, e8m0, n, m->cols, wr->w);
+            report_rows(wr, wr->w, NX_DT_F32, n, m->cols, mc.ws2);
+        }
+        NX_TRY(out_write(wr, codes, (uint64_t)(r * (m->cols / 2)), wr->codes,
+                         (size_t)(n * (m->cols / 2)), e));
+        NX_TRY(out_write(wr, scales, (uint64_t)(r * (m->cols / NX_BLOCK)), wr->scales,
+                         (size_t)(n * (m->cols / NX_BLOCK)), e));
         wr->done += (uint64_t)n * row_bytes;
         nx_progress_poll(&wr->pg, wr->done);
     }
@@ -344,6 +400,21 @@ static float global_scale(const writer *wr, float scale)
     return wr->o->format == NX_FORMAT_COMPRESSED_TENSORS ? 1.0f / scale : scale;
 }
 
+/* weight_scale_2 and input_scale of module q: a cast module's ws2 is 2^(k_shared - 8). */
+static int write_scalars(writer *wr, const nx_work *w, int64_t q, nx_err *e)
+{
+    const nx_out *out = &wr->p->out[w->first];
+    int32_t k = wr->a->k_shared[q];
+    float ws2 = k != NX_NOT_CAST ? ldexpf(1.0f, k - 8) : nx_weight_scale_2(wr->a->w[q],
+                                                                          wr->o->numerics);
+    NX_TRY(write_f32(wr, &out[2], global_scale(wr, ws2), e));
+    if (w->n_out > 3)
+        NX_TRY(write_f32(wr, &out[3], global_scale(wr, nx_input_scale(wr->a->in[q],
+                                                                      wr->o->input_numerics)),
+                         e));
+    return NX_OK;
+}
+
 static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
 {
     int64_t q = wr->k->qmod_of[w->tensor];
@@ -352,17 +423,13 @@ static int quantize_tensor(writer *wr, const nx_work *w, nx_err *e)
              : wr->s->w_static[q] ? static_blocks(wr, q, &blocks, e) : NX_OK;
     if (rc == NX_OK && wr->o->report)
         rc = report_begin(wr, q, e);
-    if (rc == NX_OK)
+    if (rc == NX_OK && wr->a->k_shared[q] != NX_NOT_CAST)
+        rc = cast_rows(wr, w, q, e);
+    else if (rc == NX_OK)
         rc = quantize_rows(wr, w, q, blocks, e);
     free(blocks);
     NX_TRY(rc);
-    const nx_out *out = &wr->p->out[w->first];
-    NX_TRY(write_f32(wr, &out[2], global_scale(wr, nx_weight_scale_2(wr->a->w[q],
-                                                                      wr->o->numerics)), e));
-    if (w->n_out > 3)
-        NX_TRY(write_f32(wr, &out[3], global_scale(wr, nx_input_scale(wr->a->in[q],
-                                                                      wr->o->numerics)), e));
-    return NX_OK;
+    return write_scalars(wr, w, q, e);
 }
 
 /* ---- Fused-expert pieces (fused.h) --------------------------------------------------------- */
@@ -382,11 +449,14 @@ static int fused_piece(writer *wr, const nx_work *w, nx_err *e)
     nx_fused_job j = { .src = wr->src, .f = f, .piece = w->piece, .quantize = q >= 0,
                        .numerics = wr->o->numerics, .kernel = wr->kernel,
                        .threads = wr->o->threads, .write = fused_write, .ctx = wr };
+    nx_mxfp4_cast mc; /* ModelOpt's static export path: an all-zero block's amax taken as 1 */
     if (q >= 0) {
         j.amax = wr->a->w[q];
-        j.cast = wr->a->cast_kmax[q] != NX_NOT_CAST;
-        j.kmax_blocks = wr->a->cast_kmax[q];
-        if (!j.cast && wr->s->w_static[q]) {
+        if (wr->a->k_shared[q] != NX_NOT_CAST) {
+            nx_mxfp4_cast_init(&mc, wr->a->k_shared[q], wr->a->k_window[q], 1);
+            j.cast = &mc;
+            j.cast_counts = wr->cast_blocks;
+        } else if (wr->s->w_static[q]) {
             NX_TRY(calib_handle(wr, e));
             j.calib = wr->calib;
         }
@@ -396,13 +466,7 @@ static int fused_piece(writer *wr, const nx_work *w, nx_err *e)
     NX_TRY(nx_fused_produce(&j, &wr->fs, e));
     wr->done += nx_fused_piece_read_bytes(f, w->piece, (int)nx_dtype_size(wr->c->t[w->tensor].dtype));
     nx_progress_poll(&wr->pg, wr->done);
-    if (q < 0 || w->piece != 0)
-        return NX_OK;
-    const nx_out *out = &wr->p->out[w->first];
-    NX_TRY(write_f32(wr, &out[2], nx_weight_scale_2(wr->a->w[q], wr->o->numerics), e));
-    if (w->n_out > 3)
-        NX_TRY(write_f32(wr, &out[3], nx_input_scale(wr->a->in[q], wr->o->numerics), e));
-    return NX_OK;
+    return q < 0 || w->piece != 0 ? NX_OK : write_scalars(wr, w, q, e);
 }
 
 /* --report: a fused projection's pieces were quantized on any ranks; rank 0 reports the sum. */
@@ -435,6 +499,9 @@ static int produce(writer *wr, const nx_work *w, nx_err *e)
     if (w->tensor < 0)
         return kv_scales(wr, w, e);
     int rc;
+    const nx_tensor *t = &wr->c->t[w->tensor];
+    if (t->scale >= 0 && wr->p->work_of[t->scale] < 0 && w->piece < 0) /* read with it */
+        wr->done += wr->c->t[t->scale].nbytes;
     if (w->piece >= 0)
         rc = fused_piece(wr, w, e);
     else if (wr->k->qmod_of[w->tensor] >= 0)
@@ -579,6 +646,8 @@ int nx_write_run(nx_source *src, const nx_classes *k, const nx_stats *s, const n
     if (rc == NX_OK && wr.fused_stats)
         rc = nx_agree(fused_report(&wr, e), e, comm);
     free(wr.fused_stats);
+    if (rc == NX_OK && o->cast_mxfp4 && o->cast_blocks)
+        MPI_Allreduce(wr.cast_blocks, o->cast_blocks, 2, MPI_INT64_T, MPI_SUM, comm);
     if (rc == NX_OK && o->report)
         rc = nx_report_write(o->report, wr.rep, wr.n_rep, comm, e);
     for (int64_t i = 0; i < wr.n_rep; i++)

@@ -163,22 +163,11 @@ make_bad() { # make_bad CASE DIR: a copy of the FP8 checkpoint with one defect
     "$NX_PYTHON" - "$1" "$2" <<'EOF'
 import json, os, sys
 sys.path.insert(0, os.environ["NX_TESTS"])
-from gen_checkpoint import write_safetensors
-from nvfp4_ref import read_safetensors
+from gen_checkpoint import rewrite_tensor
 case, d = sys.argv[1:]
-index_path = os.path.join(d, "model.safetensors.index.json")
-index = json.load(open(index_path))
 
 def rewrite(name, new):  # new: (dtype, shape, bytes), or None to delete the tensor
-    shard = os.path.join(d, index["weight_map"][name])
-    tensors, meta = read_safetensors(shard)
-    tensors = {n: (t.dtype, t.shape, t.data) for n, t in tensors.items()}
-    if new is None:
-        del tensors[name], index["weight_map"][name]
-    else:
-        tensors[name] = new
-    write_safetensors(shard, tensors, meta)
-    json.dump(index, open(index_path, "w"), indent=2)
+    rewrite_tensor(d, name, new)
 
 if case == "missing-scale":
     rewrite("model.layers.1.self_attn.q_b_proj.weight_scale_inv", None)

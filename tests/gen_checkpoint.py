@@ -19,8 +19,8 @@ import sys
 import numpy as np
 
 # safetensors' Dtype enum order; the Rust writer sorts tensors by descending dtype, then name.
-DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
-               "I32", "U32", "F32", "F64", "I64", "U64"]
+DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+               "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
 DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
 
 
@@ -43,6 +43,26 @@ def safetensors_bytes(tensors, metadata=None):
 def write_safetensors(path, tensors, metadata=None):
     with open(path, "wb") as f:
         f.write(safetensors_bytes(tensors, {"format": "pt"} if metadata is None else metadata))
+
+
+def rewrite_tensor(d, name, new):
+    """Replaces tensor `name` of the indexed checkpoint in directory d by new, a (dtype, shape,
+    bytes) triple, or deletes it (from its shard and the index) when new is None: one defect
+    planted for a refusal test. The shard keeps its metadata."""
+    from nvfp4_ref import read_safetensors  # the strict reader (nvfp4_ref imports nothing here)
+    index_path = os.path.join(d, "model.safetensors.index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    shard = os.path.join(d, index["weight_map"][name])
+    tensors, meta = read_safetensors(shard)
+    tensors = {n: (t.dtype, t.shape, t.data) for n, t in tensors.items()}
+    if new is None:
+        del tensors[name], index["weight_map"][name]
+    else:
+        tensors[name] = new
+    write_safetensors(shard, tensors, meta)
+    with open(index_path, "w") as f:
+        json.dump(index, f, indent=2)
 
 
 def f32_to_bf16_bits(x):

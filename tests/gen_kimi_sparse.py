@@ -37,8 +37,8 @@ import sys
 import time
 
 # safetensors' Dtype enum order; the Rust writer sorts tensors by descending dtype, then name.
-DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
-               "I32", "U32", "F32", "F64", "I64", "U64"]
+DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+               "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
 DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
 DTYPE_SIZE = {"U8": 1, "F8_E4M3": 1, "BF16": 2, "F32": 4, "I32": 4, "I64": 8}
 OUT_SHARD_BYTES = 10 * 10**9  # the export's default --max-shard-size

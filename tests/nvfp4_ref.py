@@ -3,6 +3,9 @@
 
   nvfp4_ref.py vectors PATH.json
       Reproduce every case of the ModelOpt vector file bit for bit.
+  nvfp4_ref.py dsv4 --model SRC --calib F --output DST [--numerics cpu|gpu] [--cast]
+      The whole export of a DeepSeek-V4 release (FRONTIER.md 1.4) computed as ModelOpt's
+      quantize_to_nvfp4.py does, every file compared byte for byte.
   nvfp4_ref.py compare --model SRC --output DST [--calib F] [--numerics gpu|cpu]
                        [--quantize all|mlp|experts] [--exclude GLOB ...]
                        [--weight-only] [--kv-cache auto|fp8|none]
@@ -235,8 +238,8 @@ def check_vectors(path):
 # safetensors
 # --------------------------------------------------------------------------------------
 
-DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
-              "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+              "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 
 
 class RefError(Exception):
@@ -378,35 +381,51 @@ class Calib:
 FUSED_RE = re.compile(r"^(.*\bexperts)\.(gate_up_proj|down_proj)(_blocks)?$")
 
 
-def mxfp4_decode(blocks, scales):
-    """OpenAI's MXFP4 release: U8 [E, rows, n, 16] nibbles (low nibble = even element) and E8M0
-    bytes [E, rows, n] -> float32 [E, rows, 32 n], each value E2M1 * 2^(byte - 127), which BF16
-    holds exactly (transformers' convert_moe_packed_tensors)."""
-    lo = (blocks & 0xF).astype(np.int64)
-    hi = (blocks >> 4).astype(np.int64)
-    codes = np.empty(blocks.shape[:-1] + (32,), dtype=np.int64)
-    codes[..., 0::2] = lo
-    codes[..., 1::2] = hi
-    pow2 = np.ldexp(np.float32(1), scales.astype(np.int64) - 127).astype(F32)
-    vals = (E2M1_DECODE[codes] * pow2[..., None]).astype(F32)
-    return vals.reshape(blocks.shape[0], blocks.shape[1], -1)
+def mxfp4_values(packed, e8m0):
+    """MXFP4 as both releases store it: uint8 [..., n, 16] (element 2j of a block in the low
+    nibble of byte j) and E8M0 bytes [..., n] -> (float32 [..., 32 n], each value
+    E2M1(code) * 2^(byte - 127), exact, as transformers and ModelOpt decode it; the codes
+    [..., 32 n])."""
+    codes = np.empty(packed.shape[:-1] + (32,), dtype=np.uint8)
+    codes[..., 0::2] = packed & 0xF
+    codes[..., 1::2] = packed >> 4
+    pow2 = np.exp2(e8m0.astype(np.float64) - 127.0)
+    vals = (E2M1_DECODE[codes].astype(np.float64) * pow2[..., None]).astype(F32)
+    return vals.reshape(packed.shape[:-2] + (-1,)), codes.reshape(packed.shape[:-2] + (-1,))
+
+
+def mxfp4_kmax(e8m0):
+    """The largest byte - 127 over the non-zero E8M0 bytes, -127 when all are zero."""
+    nonzero = e8m0 > 0
+    return int(e8m0[nonzero].max()) - 127 if nonzero.any() else -127
+
+
+def mxfp4_block_amax(top, k, k_window):
+    """ModelOpt's closed-form amax of MXFP4 blocks with exponents k and largest code magnitudes
+    (low three bits) top: 6 * 2^k when k - (k_window - 8) is in [-9, 8], else E2M1(top) * 2^k."""
+    pow2 = np.exp2(k.astype(np.float64))
+    mag = np.array([0, .5, 1, 1.5, 2, 3, 4, 6], np.float64)[top]
+    delta = k - (k_window - 8)
+    return np.where((delta >= -9) & (delta <= 8), 6.0 * pow2, mag * pow2).astype(F32)
+
+
+def mxfp4_decode_blocks(blocks, scales):
+    """OpenAI's MXFP4 release: U8 [E, rows, n, 16] and E8M0 bytes [E, rows, n] -> float32
+    [E, rows, 32 n] (transformers' convert_moe_packed_tensors)."""
+    return mxfp4_values(blocks, scales)[0]
 
 
 def mxfp4_cast(blocks, scales):
-    """ModelOpt's closed-form MXFP4 -> NVFP4 cast (numeric_utils.py): (global amax, per-16-block
-    amax [E, rows, 2 n], lossless block count, block count)."""
+    """ModelOpt's closed-form MXFP4 -> NVFP4 cast (numeric_utils.py) as its static export
+    applies it: (global amax, per-16-block amax [E, rows, 2 n], lossless block count, block
+    count)."""
     k = scales.astype(np.int64) - 127
-    nonzero = scales > 0
-    kmax = int(k[nonzero].max()) if nonzero.any() else 0
+    k_own = mxfp4_kmax(scales)
+    kmax = k_own if k_own != -127 else 0
     g = F32(6.0 * 448.0 * 2.0 ** (kmax - 8))
-    lossless = int(((k >= kmax - 17) | ~nonzero).sum())
-    kmax_b = int(k[nonzero].max()) if nonzero.any() else -127
-    delta = k - (kmax_b - 8)
-    in_range = (delta >= -9) & (delta <= 8)
-    pow2 = np.ldexp(np.float32(1), k).astype(F32)
-    mags = np.maximum(blocks & 7, (blocks >> 4) & 7).max(axis=-1)
-    data = (E2M1_DECODE[mags] * pow2).astype(F32)
-    amax = np.where(in_range, (F32(6) * pow2).astype(F32), data).astype(F32)
+    lossless = int(((k >= kmax - 17) | (scales == 0)).sum())
+    top = np.maximum(blocks & 7, (blocks >> 4) & 7).max(axis=-1)
+    amax = mxfp4_block_amax(top, k, k_own)
     return g, np.repeat(amax, 2, axis=-1), lossless, scales.size
 
 
@@ -443,7 +462,7 @@ def fused_view(config, tensors):
                 blocks = np.frombuffer(tensors[src].data, np.uint8).reshape(tensors[src].shape)
                 sname = src[:-len("_blocks")] + "_scales"
                 scales = np.frombuffer(tensors[sname].data, np.uint8).reshape(tensors[sname].shape)
-                w = mxfp4_decode(blocks, scales).transpose(0, 2, 1)  # [E, in, out]
+                w = mxfp4_decode_blocks(blocks, scales).transpose(0, 2, 1)  # [E, in, out]
                 fused[module + "." + attr] = FusedProj(module, attr, w, (src, sname),
                                                        (blocks, scales))
                 consumed |= {src, sname}
@@ -1164,6 +1183,254 @@ def _check_other_files(args, problems):
                     problems.append("%s: differs from the source" % entry)
 
 
+# --------------------------------------------------------------------------------------
+# DeepSeek-V4 as released, exported as ModelOpt's quantize_to_nvfp4.py does (FRONTIER.md 1.4)
+# --------------------------------------------------------------------------------------
+
+DSV4_EXPERT_RE = re.compile(r"^layers\.\d+\.ffn\.experts\.\d+\.w[123]\.weight$")
+DSV4_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+DSV4_EXCLUDE = ["*.attn.*", "*.ffn.shared_experts.*", "head", "mtp.*"]
+DSV4_PRODUCER = {"name": "modelopt", "version": "dsv4-nvfp4-experts"}
+DTYPE_RANK = {d: i for i, d in enumerate(
+    ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32",
+     "U32", "F32", "F64", "I64", "U64"])}
+
+
+def mxfp4_decode(packed, e8m0):
+    """DeepSeek-V4: I8/U8 [rows, cols/2] and E8M0 [rows, cols/32] -> (float32 [rows, cols],
+    codes [rows, cols], exponent bytes [rows, cols/32]) (mxfp4_values)."""
+    p = np.frombuffer(packed.data, np.uint8).reshape(packed.shape)
+    e = np.frombuffer(e8m0.data, np.uint8).reshape(e8m0.shape).astype(np.int64)
+    out, codes = mxfp4_values(p.reshape(p.shape[0], e.shape[1], 16), e)
+    if not np.all(np.isfinite(out)):
+        raise RefError("MXFP4 weight with a NaN scale or values beyond float32")
+    return out, codes, e
+
+
+def cast_mxfp4(packed, e8m0, k_max):
+    """--cast_mxfp4_to_nvfp4 as the script applies it: ws2 = 2^(k_max - 8); per 32-block the
+    closed-form amax (mxfp4_block_amax) against this tensor's own k_max;
+    S = e4m3(clamp(amax / fl(6 ws2), 2^-9, 448)) for both 16-halves; codes re-encoded from the
+    values with fl(S * ws2). Returns (ws2, scale codes, packed codes, blocks, lossless blocks)."""
+    w, codes, e = mxfp4_decode(packed, e8m0)
+    k = e - 127
+    ws2 = F32(2.0 ** (k_max - 8))
+    top = (codes & 7).reshape(w.shape[0], e.shape[1], 32).max(axis=2)
+    amax = mxfp4_block_amax(top, k, mxfp4_kmax(e))
+    s = (amax / F32(F32(6) * ws2)).astype(F32)
+    s = np.minimum(np.maximum(s, TWO_M9), E4M3_MAX).astype(F32)
+    scodes = np.repeat(e4m3_encode(s), 2, axis=1)
+    lossless = int(np.count_nonzero((k >= k_max - 17) | (e == 0)))
+    return ws2, scodes, encode_elements(w, scodes, ws2), e.size, lossless
+
+
+def _dsv4_calib(path):
+    """The calibration file back in ModelOpt's V4 key form: {key: float32}."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.endswith("_quantizer/_amax"):
+                parts = name.split("/")
+                key = "%s_%s._amax" % (".".join(parts[:-2]), parts[-2])
+                out[key] = F32(np.asarray(obj[()], np.float32).reshape(-1)[0])
+        f.visititems(visit)
+    return out
+
+
+def _dsv4_amax(calib):
+    """The script's _load_merged_amax: w1/w3 fused (max) when both exist, then the input
+    fallback per projection over the calibrated experts outside MTP."""
+    merged = dict(calib)
+    for which in ("input", "weight"):
+        for key in list(merged):
+            if key.endswith("w1_%s_quantizer._amax" % which):
+                k3 = key.replace("w1_" + which, "w3_" + which)
+                if k3 in merged:
+                    merged[key] = merged[k3] = max(merged[key], merged[k3])
+    fallback = {}
+    for key, v in merged.items():
+        m = re.match(r"^(layers\.\d+|mtp\.\d+)\.ffn\.experts\.\d+\.(w[123])_input_quantizer", key)
+        if m and not m.group(1).startswith("mtp."):
+            fallback[m.group(2)] = max(fallback.get(m.group(2), v), v)
+    return merged, fallback
+
+
+def _dsv4_shard(tensors, amax, fallback, numerics, cast, stats):
+    """One shard as convert_shard writes it: (out tensors in insertion order, added, removed)."""
+    keys = sorted(tensors)
+    experts = [k for k in keys if DSV4_EXPERT_RE.match(k)]
+    pairs = {}
+    for k in experts:
+        base, proj = k[:-len(".weight")].rsplit(".", 1)
+        pairs.setdefault(base, {})[proj] = k[:-len(".weight")]
+    shared = {}  # expert path -> k_max (cast) or weight amax (default), w1/w3 pairs only
+    for paths in pairs.values():
+        if "w1" not in paths or "w3" not in paths:
+            continue
+        vals = []
+        for proj in ("w1", "w3"):
+            p = paths[proj]
+            if cast:
+                e = np.frombuffer(tensors[p + ".scale"].data, np.uint8)
+                vals.append(int(e[e > 0].max()) - 127 if (e > 0).any() else 0)
+            else:
+                a = amax.get(p + "_weight_quantizer._amax")
+                if a is None:
+                    values = mxfp4_decode(tensors[p + ".weight"], tensors[p + ".scale"])[0]
+                    a = F32(np.abs(values).max())
+                vals.append(a)
+        shared[paths["w1"]] = shared[paths["w3"]] = max(vals)
+    scales = {k[:-len(".weight")] + ".scale" for k in experts} & set(keys)
+    out, added, removed = {}, [], []
+    for key in keys:
+        if key in scales:
+            removed.append(key)
+            continue
+        if key not in experts:
+            out[key] = tensors[key]
+            continue
+        path = key[:-len(".weight")]
+        proj = path.rsplit(".", 1)[1]
+        in_amax = amax.get(path + "_input_quantizer._amax", fallback.get(proj))
+        if in_amax is None:
+            raise RefError("missing input amax for %s and no calibrated fallback" % path)
+        w, s = tensors[key], tensors[path + ".scale"]
+        rows, cols = w.shape[0], 2 * w.shape[1]
+        if cast:
+            e = np.frombuffer(s.data, np.uint8)
+            k_max = shared.get(path, int(e[e > 0].max()) - 127 if (e > 0).any() else 0)
+            ws2, scodes, packed, n, lossless = cast_mxfp4(w, s, k_max)
+            stats[0] += n
+            stats[1] += lossless
+        else:
+            values = mxfp4_decode(w, s)[0]
+            a = shared.get(path, amax.get(path + "_weight_quantizer._amax"))
+            if a is None:
+                a = F32(np.abs(values).max())
+            ws2, scodes, packed = quantize_dynamic(values, a, numerics)
+        out[key] = Tensor("U8", [rows, cols // 2], packed.tobytes())
+        out[path + ".weight_scale"] = Tensor("F8_E4M3", [rows, cols // 16], scodes.tobytes())
+        out[path + ".weight_scale_2"] = _scalar_f32(ws2)
+        out[path + ".input_scale"] = _scalar_f32(input_scale(in_amax, "cpu"))
+        added += [path + ".weight_scale", path + ".weight_scale_2", path + ".input_scale"]
+    return out, added, removed
+
+
+def safetensors_file(tensors):
+    """safetensors.torch.save_file(tensors) without metadata, as bytes."""
+    items = sorted(tensors.items(), key=lambda kv: (-DTYPE_RANK[kv[1].dtype], kv[0]))
+    header, off = {}, 0
+    for name, t in items:
+        header[name] = {"dtype": t.dtype, "shape": t.shape,
+                        "data_offsets": [off, off + len(t.data)]}
+        off += len(t.data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t.data for _, t in items)
+
+
+def _dsv4_aux(src, files):
+    """The script's _hard_link_aux: every other top-level file and directory; below it no
+    __pycache__, index or shard. nvfp4x also leaves out a top-level hf_quant_config.json and
+    any other .safetensors file."""
+    for item in sorted(os.listdir(src)):
+        full = os.path.join(src, item)
+        if item in ("model.safetensors.index.json", "config.json", ".cache",
+                    "hf_quant_config.json") or item.endswith(".safetensors"):
+            continue
+        if os.path.isfile(full):
+            files[item] = open(full, "rb").read()
+        elif os.path.isdir(full):
+            files[item + "/"] = None
+            for root, dirs, names in os.walk(full):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                rel = os.path.relpath(root, src)
+                files[rel + "/"] = None
+                for n in names:
+                    if n == "model.safetensors.index.json" or DSV4_SHARD_RE.match(n):
+                        continue
+                    files[os.path.join(rel, n)] = open(os.path.join(root, n), "rb").read()
+
+
+def dsv4_expected(src, calib_path, numerics, cast):
+    """{relative path: bytes (None for a directory)} of the whole export, and the cast counts."""
+    with open(os.path.join(src, "model.safetensors.index.json")) as f:
+        index = json.load(f)
+    amax, fallback = _dsv4_amax(_dsv4_calib(calib_path))
+    files, updates, stats = {}, {}, [0, 0]
+    for shard in sorted(n for n in os.listdir(src) if DSV4_SHARD_RE.match(n)):
+        tensors, _ = read_safetensors(os.path.join(src, shard))
+        out, added, removed = _dsv4_shard(tensors, amax, fallback, numerics, cast, stats)
+        files[shard] = safetensors_file(out)
+        updates[shard] = (added, removed)
+    weight_map = dict(index["weight_map"])
+    for shard, (added, removed) in updates.items():
+        for k in removed:
+            weight_map.pop(k, None)
+        for k in added:
+            weight_map[k] = shard
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": index.get("metadata", {}), "weight_map": weight_map}, indent=2).encode()
+    layers = sorted({k.rsplit(".", 3)[0] for _, (added, _) in updates.items() for k in added})
+    quant = {"quant_algo": "MIXED_PRECISION", "kv_cache_quant_algo": None, "group_size": 16,
+             "quantized_layers": {n: {"quant_algo": "NVFP4", "group_size": 16} for n in layers},
+             "exclude_modules": list(DSV4_EXCLUDE)}
+    files["hf_quant_config.json"] = json.dumps(
+        {"producer": dict(DSV4_PRODUCER), "quantization": quant}, indent=2).encode()
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    qc = cfg.get("quantization_config")
+    qc = qc if isinstance(qc, dict) else {}
+    fp4 = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}
+    qc.setdefault("activation_scheme", "dynamic")
+    qc["quant_method"] = "fp8"
+    qc.setdefault("weight_block_size", [128, 128])
+    qc.update(moe_quant_algo="NVFP4", producer=dict(DSV4_PRODUCER), quant_algo="MIXED_PRECISION",
+              kv_cache_quant_algo=None, group_size=16,
+              config_groups={"group_0": {"input_activations": dict(fp4), "weights": dict(fp4),
+                                         "targets": ["Linear"]}},
+              quantized_layers=quant["quantized_layers"])
+    qc.pop("exclude_modules", None)
+    qc["ignore"] = list(DSV4_EXCLUDE)
+    cfg["quantization_config"] = qc
+    files["config.json"] = (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
+    _dsv4_aux(src, files)
+    return files, stats
+
+
+def _tree(root):
+    out = {}
+    for dirpath, dirs, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel != ".":
+            out[rel + "/"] = None
+        for n in names:
+            out[os.path.normpath(os.path.join(rel, n))] = open(os.path.join(dirpath, n), "rb").read()
+    return out
+
+
+def compare_dsv4(args):
+    want, stats = dsv4_expected(args.model, args.calib, args.numerics, args.cast)
+    got = _tree(args.output)
+    problems = []
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            problems.append("%s: missing from the output" % name)
+        elif name not in want:
+            problems.append("%s: not expected in the output" % name)
+        elif want[name] != got[name]:
+            problems.append("%s: %d bytes differ from the expected %d"
+                            % (name, len(got[name] or b""), len(want[name] or b"")))
+    for p in problems[:20]:
+        print("dsv4: MISMATCH %s" % p)
+    if problems:
+        return 1
+    print("dsv4: %d files equal byte for byte%s" % (len(want), (
+        "; lossless MXFP4->NVFP4 blocks: %d/%d" % (stats[1], stats[0])) if args.cast else ""))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1184,8 +1451,16 @@ def main(argv=None):
                    help="output layout to expect (default modelopt)")
     c.add_argument("--cast-mxfp4", action="store_true",
                    help="MXFP4 experts cast in closed form (ModelOpt's --cast_mxfp4_to_nvfp4)")
+    d = sub.add_parser("dsv4", help="check a DeepSeek-V4 export, every file byte for byte")
+    d.add_argument("--model", required=True, help="the release-format source")
+    d.add_argument("--calib", required=True, help="calibration HDF5 file")
+    d.add_argument("--output", required=True, help="exporter output directory")
+    d.add_argument("--numerics", choices=("gpu", "cpu"), default="cpu")
+    d.add_argument("--cast", action="store_true", help="--cast-mxfp4")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "dsv4":
+            return compare_dsv4(args)
         if args.cmd == "vectors":
             n, failures = check_vectors(args.path)
             for f in failures:

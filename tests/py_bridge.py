@@ -1,10 +1,15 @@
 #!/usr/bin/python3
-"""Tests of launch/modelopt_amax_to_h5.py with numpy arrays standing in for torch tensors."""
+"""Tests of launch/modelopt_amax_to_h5.py with numpy arrays standing in for torch tensors, and
+of its torch-free reader of torch.save files on DeepSeek-V4 calibration dumps (ptq.py's
+amax_dict_rank{r}-mp{MP}.pt) written without torch by tests/gen_dsv4.py, and with torch when it
+is installed (else that part is skipped with a message)."""
 
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 import h5py
 import numpy as np
@@ -200,10 +205,158 @@ def test_cli(tmp):
     check("cli: --help", r.returncode == 0 and "STATE_DICT" in r.stdout, r.stderr)
 
 
+def dsv4_values(offset=0.0):
+    """A small V4 calibration: two experts of two main layers, every key ptq.py writes."""
+    out = {}
+    for layer in range(2):
+        for e in range(2):
+            for proj in ("w1", "w2", "w3"):
+                for which in ("weight", "input"):
+                    key = "layers.%d.ffn.experts.%d.%s_%s_quantizer._amax" % (layer, e, proj, which)
+                    out[key] = np.float32(0.5 + layer + e / 4 + int(proj[1]) / 16 + offset +
+                                          (which == "input"))
+    return out
+
+
+def write_dumps(d, ranks, writer):
+    """ranks: [values dict per rank] -> amax_dict_rank<r>-mp<N>.pt files in d."""
+    os.makedirs(d)
+    for r, values in enumerate(ranks):
+        writer(os.path.join(d, "amax_dict_rank%d-mp%d.pt" % (r, len(ranks))), values)
+
+
+def split_by_expert(values, mp):
+    ranks = [dict() for _ in range(mp)]
+    for k, v in values.items():
+        ranks[int(k.split(".")[4]) % mp][k] = v
+    return ranks
+
+
+def check_dump_conversion(tmp, tag, writer):
+    values = dsv4_values()
+    d = os.path.join(tmp, tag + "-dumps")
+    write_dumps(d, split_by_expert(values, 2), writer)
+    out = os.path.join(tmp, tag + ".h5")
+    n = bridge.write_amax_h5(bridge.load_state_dict(d), out)
+    ds = datasets(out)
+    check("%s: dumps converted, one dataset per key" % tag, n == len(values) == len(ds), str(n))
+    ok = True
+    for key, v in values.items():
+        expert, leaf = key[:-len("._amax")].rsplit(".", 1)
+        proj, quantizer = leaf.split("_", 1)
+        path = "%s/%s/%s/_amax" % (expert.replace(".", "/"), proj, quantizer)
+        got = ds.get(path)
+        ok &= got is not None and got[0] == np.float32 and float(got[2]) == float(v)
+    check("%s: <expert>/wX/<which>_quantizer/_amax with the dumped values" % tag, ok)
+    bad = os.path.join(tmp, tag + "-collide")
+    ranks = split_by_expert(values, 2)
+    key = sorted(ranks[0])[0]
+    ranks[1][key] = np.float32(99.0)
+    write_dumps(bad, ranks, writer)
+    try:
+        bridge.load_state_dict(bad)
+        check("%s: colliding pair refused" % tag, False)
+    except ValueError as exc:
+        check("%s: colliding pair refused" % tag, "collision" in str(exc) and key in str(exc),
+              str(exc))
+
+
+def test_dsv4_dumps_torch_free(tmp):
+    """Dumps written without torch (the fixture writer), read without torch."""
+    import gen_dsv4
+    if "torch" in sys.modules:
+        print("skipped: the torch-free fixture writer (torch is loaded in this process)")
+        return
+    check_dump_conversion(tmp, "torch-free", gen_dsv4.write_torch_dump)
+    one = os.path.join(tmp, "one.pt")
+    gen_dsv4.write_torch_dump(one, {"a": 1.5, "b": 2.25})
+    sd = bridge.read_torch_file(one)
+    check("reader: values and 0-d shapes", sorted(sd) == ["a", "b"] and sd["a"].shape == ()
+          and sd["a"].dtype == np.float32 and float(sd["b"]) == 2.25, repr(sd))
+
+
+def test_dsv4_dumps_torch(tmp):
+    """Dumps written by torch.save itself, when torch is installed."""
+    try:
+        import torch
+    except ImportError:
+        print("skipped: torch is not installed (dumps written by torch.save are not tested; "
+              "the torch-free fixture is)")
+        return
+
+    def writer(path, values):
+        torch.save({k: torch.tensor(float(v), dtype=torch.float32) for k, v in values.items()},
+                   path)
+    check_dump_conversion(tmp, "torch", writer)
+    bf = os.path.join(tmp, "bf16.pt")
+    torch.save({"x": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)[1:]}, bf)
+    sd = bridge.read_torch_file(bf)
+    check("reader: a bf16 view of a storage", sd["x"].shape == (1,) and float(sd["x"][0]) == -2.0,
+          repr(sd))
+
+
+def test_dsv4_refusals(tmp):
+    import gen_dsv4
+    if "torch" in sys.modules:
+        return
+    values = dsv4_values()
+    cases = {
+        "missing-rank": ([split_by_expert(values, 3)[0], split_by_expert(values, 3)[2]], 3,
+                         "missing rank 1"),
+        "two-runs": (None, 0, "several runs"),
+        "bad-key": ([{"layers.0.ffn.shared_experts.w1_input_quantizer._amax": 1.0}], 1,
+                    "unexpected key"),
+    }
+    for name, (ranks, mp, want) in cases.items():
+        d = os.path.join(tmp, "refuse-" + name)
+        os.makedirs(d)
+        if name == "missing-rank":
+            for r, v in zip((0, 2), ranks):
+                gen_dsv4.write_torch_dump(os.path.join(d, "amax_dict_rank%d-mp%d.pt" % (r, mp)), v)
+        elif name == "two-runs":
+            gen_dsv4.write_torch_dump(os.path.join(d, "amax_dict_rank0-mp1.pt"), values)
+            gen_dsv4.write_torch_dump(os.path.join(d, "amax_dict_rank0-mp2.pt"), values)
+        else:
+            gen_dsv4.write_torch_dump(os.path.join(d, "amax_dict_rank0-mp1.pt"), ranks[0])
+        try:
+            bridge.load_state_dict(d)
+            check("refused: %s" % name, False)
+        except ValueError as exc:
+            check("refused: %s" % name, want in str(exc), str(exc))
+    evil = os.path.join(tmp, "evil.pt")
+    gen_dsv4.write_torch_dump(evil, {"a": 1.0})
+    with zipfile.ZipFile(evil) as z:
+        records = {n: z.read(n) for n in z.namelist()}
+    records["evil/data.pkl"] = pickle.dumps({"a": os.system}, protocol=2)
+    with zipfile.ZipFile(evil, "w") as z:
+        for n, data in records.items():
+            z.writestr(n, data)
+    try:
+        bridge.read_torch_file(evil)
+        check("refused: a pickle naming anything but tensors", False)
+    except bridge.UnsupportedPickle as exc:
+        check("refused: a pickle naming anything but tensors", "only torch can load" in str(exc),
+              str(exc))
+
+
+def test_dsv4_cli(tmp):
+    import gen_dsv4
+    if "torch" in sys.modules:
+        return
+    d = os.path.join(tmp, "cli-dumps")
+    write_dumps(d, split_by_expert(dsv4_values(), 3), gen_dsv4.write_torch_dump)
+    out = os.path.join(tmp, "cli-dsv4.h5")
+    r = subprocess.run([sys.executable, os.path.join(BRIDGE_DIR, "modelopt_amax_to_h5.py"), d, out],
+                       capture_output=True, text=True)
+    check("dsv4 cli: exit 0, 24 datasets", r.returncode == 0 and "24 datasets" in r.stdout,
+          r.stdout + r.stderr)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for test in (test_plain_names, test_fused_names, test_global_amax, test_bmm_names,
-                     test_errors, test_cli):
+                     test_errors, test_cli, test_dsv4_dumps_torch_free, test_dsv4_dumps_torch,
+                     test_dsv4_refusals, test_dsv4_cli):
             try:
                 test(tmp)
             except Exception as exc:  # a crash counts as one failure, the rest still run

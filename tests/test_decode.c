@@ -1,6 +1,6 @@
 /* The source decoders (decode.h) on hand-made rows: the INT4 packing rule and rounding, FP8
- * tiles, widening, MXFP4 with E8M0 scale bytes, and nx_decode_rows reading rows plus their
- * scales through a reader. */
+ * tiles, MXFP4 blocks, widening, and nx_decode_rows reading rows plus their scales (F32, BF16,
+ * E8M0 stored F8_E8M0 or, for MXFP4, U8) through a reader. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -114,8 +114,8 @@ static void test_decode_rows_reads_its_rows(void)
         CHECK_MSG(out[i] == (i < 8 ? 2.0f * 2.0f : 3.0f * 4.0f), "element %d: %g", i, out[i]);
 }
 
-/* MXFP4 through the reader: rows 1 and 2 of a [3, 64] expert projection, the E8M0 scale bytes
- * (U8, gpt-oss) widened by the decoder's own hook to 2^(byte - 127). */
+/* MXFP4 through the reader: rows 1 and 2 of a [3, 64] expert projection, its E8M0 scale bytes
+ * stored U8 (gpt-oss) widened to 2^(byte - 127) because the weight is MXFP4. */
 static void test_decode_rows_mxfp4(void)
 {
     uint8_t packed[3 * 32], scales[3 * 2], raw[2 * 32];
@@ -136,8 +136,52 @@ static void test_decode_rows_mxfp4(void)
         CHECK_MSG(out[i] == want && nx_bf16_to_f32(bf[i]) == want, "element %d: %g, want %g", i,
                   out[i], want);
     }
-    wt.scale_dtype = NX_DT_BF16; /* E8M0 bytes only */
+    wt.scale_dtype = NX_DT_I16; /* neither E8M0 bytes nor float scales */
     CHECK(nx_decode_rows(mem_read, NULL, 0, &wt, 0, 1, raw, out, NULL, &e) != NX_OK);
+}
+
+static void test_mxfp4_rows(void)
+{
+    /* two rows of 32: codes 0..15 twice; scales 2^1 and 2^-2, widened */
+    uint8_t packed[32];
+    for (int j = 0; j < 32; j++)
+        packed[j] = (uint8_t)((2 * (j % 8)) | (2 * (j % 8) + 1) << 4);
+    static const float mag[16] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3,
+                                   -4, -6 };
+    float scale[2] = { 2.0f, 0.25f }, out[64];
+    uint16_t bf[64];
+    nx_dec_weight wt = { "x", NX_CODEC_MXFP4, NX_DT_U8, 2, 32, 1, NX_DT_F8_E8M0, { 1, 32 } };
+    nx_dec_rows r = { &wt, 0, 2, packed, scale };
+    CHECK(nx_dec_row_bytes(&wt) == 16);
+    CHECK(nx_decoder_mxfp4.rows(&r, out, bf) == 0);
+    for (int i = 0; i < 64; i++)
+        CHECK_MSG(out[i] == mag[i % 16] * scale[i / 32] && nx_bf16_to_f32(bf[i]) == out[i],
+                  "element %d: %g", i, out[i]);
+    CHECK(signbit(out[8])); /* code 0x8 is -0.0 */
+    wt.dtype = NX_DT_F8_E4M3;
+    CHECK(nx_decoder_mxfp4.rows(&r, out, NULL) == -1);
+}
+
+static void test_decode_rows_e8m0_scales(void)
+{
+    /* DeepSeek-V4: FP8 rows with E8M0 tile scales (2^1, 2^-1), MXFP4 rows with one per 32 */
+    uint8_t q[4] = { 0x38, 0xB8, 0x40, 0x38 }, e8m0[2] = { 128, 126 };
+    g_tensors[0] = q;
+    g_tensors[1] = e8m0;
+    nx_dec_weight fp8 = { "x", NX_CODEC_FP8, NX_DT_F8_E4M3, 2, 2, 1, NX_DT_F8_E8M0, { 1, 2 } };
+    float out[64];
+    uint8_t raw[16], stored_q[16], stored_s[1];
+    nx_err e = { 0 };
+    CHECK(nx_decode_rows(mem_read, NULL, 0, &fp8, 0, 2, raw, out, NULL, &e) == NX_OK);
+    CHECK(out[0] == 2.0f && out[1] == -2.0f && out[2] == 1.0f && out[3] == 0.5f);
+    uint8_t packed[32];
+    memset(packed, 0x71, sizeof packed); /* codes 1 (0.5) and 7 (6) */
+    g_tensors[0] = packed;
+    nx_dec_weight mx = { "y", NX_CODEC_MXFP4, NX_DT_I8, 2, 32, 1, NX_DT_F8_E8M0, { 1, 32 } };
+    CHECK(nx_decode_rows(mem_read, NULL, 0, &mx, 1, 1, raw, out, NULL, &e) == NX_OK);
+    CHECK(out[0] == 0.25f && out[1] == 3.0f && out[31] == 3.0f);
+    CHECK(nx_dec_read_stored(mem_read, NULL, 0, &mx, 1, 1, stored_q, stored_s, &e) == NX_OK);
+    CHECK(stored_q[0] == 0x71 && stored_s[0] == 126);
 }
 
 int main(void)
@@ -149,5 +193,7 @@ int main(void)
     RUN(test_widen_refuses_integers);
     RUN(test_decode_rows_reads_its_rows);
     RUN(test_decode_rows_mxfp4);
+    RUN(test_mxfp4_rows);
+    RUN(test_decode_rows_e8m0_scales);
     return TEST_SUMMARY();
 }

@@ -92,6 +92,48 @@ static void test_dtype_names(void)
     CHECK(strcmp(nx_dtype_name(NX_DT_F8_E4M3), "F8_E4M3") == 0);
     CHECK(nx_dtype_size(NX_DT_BOOL) == 1 && nx_dtype_size(NX_DT_BF16) == 2);
     CHECK(nx_dtype_size(NX_DT_F32) == 4 && nx_dtype_size(NX_DT_U64) == 8);
+    CHECK(nx_dtype_parse("F8_E8M0", &dt) == 0 && dt == NX_DT_F8_E8M0);
+    CHECK(nx_dtype_size(NX_DT_F8_E8M0) == 1);
+}
+
+/* F8_E8M0 sorts where the reference's enum has it: after F8_E4M3, before I16 (so, written
+ * descending, between them). */
+static void test_layout_e8m0_order(void)
+{
+    nx_st_entry t[] = {
+        entry("a.weight", NX_DT_F8_E4M3, 2, 2, 2, 0),
+        entry("a.scale", NX_DT_F8_E8M0, 2, 1, 1, 1),
+        entry("b.tid", NX_DT_I16, 1, 1, 0, 2),
+        entry("c.w", NX_DT_I8, 2, 2, 1, 3),
+    };
+    static const int64_t want_ids[] = { 2, 1, 0, 3 };
+    char *hdr = NULL;
+    uint64_t hdr_bytes = 0;
+    nx_err e = { 0 };
+    CHECK_MSG(nx_st_layout(t, 4, &hdr, &hdr_bytes, &e) == NX_OK, "%s", e.msg);
+    for (int i = 0; i < 4; i++)
+        CHECK_MSG(t[i].id == want_ids[i], "position %d: id %lld", i, (long long)t[i].id);
+    free(hdr);
+}
+
+/* No __metadata__: what save_file(tensors) writes without a metadata argument. */
+static void test_layout_bare_header(void)
+{
+    nx_st_entry t[] = { entry("y", NX_DT_F8_E8M0, 1, 2, 0, 0), entry("x", NX_DT_F32, 0, 0, 0, 1) };
+    static const char want[] = "\x70\0\0\0\0\0\0\0"
+        "{\"x\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},"
+        "\"y\":{\"dtype\":\"F8_E8M0\",\"shape\":[2],\"data_offsets\":[4,6]}}  ";
+    char *hdr = NULL;
+    uint64_t hdr_bytes = 0;
+    nx_err e = { 0 };
+    CHECK_MSG(nx_st_layout_bare(t, 2, &hdr, &hdr_bytes, &e) == NX_OK, "%s", e.msg);
+    CHECK_MSG(hdr_bytes == sizeof want - 1, "%llu bytes", (unsigned long long)hdr_bytes);
+    CHECK(hdr && memcmp(hdr, want, sizeof want - 1) == 0);
+    free(hdr);
+    nx_st_entry none[1];
+    CHECK(nx_st_layout_bare(none, 0, &hdr, &hdr_bytes, &e) == NX_OK && hdr_bytes == 16 &&
+          memcmp(hdr + 8, "{}      ", 8) == 0);
+    free(hdr);
 }
 
 static void test_layout_sort_order(void)
@@ -440,6 +482,8 @@ int main(int argc, char **argv)
     RUN(test_dtype_names);
     RUN(test_layout_sort_order);
     RUN(test_layout_exact_header);
+    RUN(test_layout_e8m0_order);
+    RUN(test_layout_bare_header);
     RUN(test_layout_escapes_names);
     RUN(test_layout_padding);
     RUN(test_layout_empty);

@@ -19,11 +19,13 @@ typedef struct nx_tensor {
     int32_t file;    /* index into nx_catalog.files */
     uint64_t offset; /* absolute byte offset in that file */
     uint64_t nbytes;
-    int64_t scale;     /* an encoded (FP8, INT4) weight: the tensor of its scales, else -1 */
+    int64_t scale;     /* an encoded (FP8, INT4, MXFP4) weight: the tensor of its scales, else
+                        * -1 */
     int64_t tile[2];   /* and the rows x columns one scale covers (encoding.h) */
     uint8_t codec;     /* nx_codec: how its rows are decoded (decode.h) */
     uint8_t consumed;  /* a source scale or weight_shape: read with its weight or dropped,
-                        * never written; a fused tensor exported as per-expert views */
+                        * never written (DeepSeek-V4's .scale is not: plan.h keep_encoded);
+                        * a fused tensor exported as per-expert views */
     uint8_t view;      /* fused experts (fused.h): NX_VIEW_OF_FUSED or NX_VIEW_PARENT */
     int32_t fused;     /* a fused-expert projection: 1 + its index in nx_catalog.fused; 0 none */
 } nx_tensor;
@@ -37,14 +39,18 @@ typedef struct nx_catalog {
     int64_t n;
     nx_tensor *t;          /* sorted in natural name order (layer 2 before layer 10). An INT4
                             * X.weight_packed appears as X.weight with the linear's shape
-                            * [out, in], its stored dtype (I32) and bytes */
+                            * [out, in], its stored dtype (I32) and bytes. An MXFP4 weight keeps
+                            * its stored shape [out, in/2] (nx_tensor_cols): a DeepSeek-V4
+                            * export copies the ones it does not quantize as they are */
     nx_strmap by_name;     /* name -> index into t */
     char *config_text;     /* config.json as read */
     char model_type[64];
     int64_t num_hidden_layers;
     int64_t num_experts;   /* routed experts per MoE layer, 0 for a dense model */
+    int dsv4;              /* DeepSeek-V4 as released (family_dsv4.h): its own selection, layout
+                            * and configs */
     char encoding[192];    /* how the source stores its linears (encoding.h), for messages */
-    int64_t n_encoded;     /* weights stored encoded (FP8, INT4), decoded to BF16 on read */
+    int64_t n_encoded;     /* weights stored encoded (FP8, INT4, MXFP4), decoded on read */
     uint64_t total_bytes;  /* sum of tensor bytes */
     int64_t n_fused;
     nx_fused *fused;       /* fused-expert projections exported fused (fused.h) */
@@ -77,6 +83,11 @@ void nx_catalog_free(nx_catalog *c);
 int64_t nx_catalog_find(const nx_catalog *c, const char *name);
 /* Bytes the tensor takes once decoded for output: BF16 for an encoded weight. */
 uint64_t nx_tensor_out_bytes(const nx_tensor *t);
+/* Rows and columns of a weight as decoded, the linear's [out, in]: an MXFP4 weight has two codes
+ * per stored byte (DeepSeek-V4's [out, in/2]), gpt-oss's fused MXFP4 <proj>_blocks
+ * [E, out, in/32, 16] decodes to E * out rows of in. */
+int64_t nx_tensor_rows(const nx_tensor *t);
+int64_t nx_tensor_cols(const nx_tensor *t);
 /* Elements of a tensor. */
 int64_t nx_tensor_elems(const nx_tensor *t);
 
@@ -99,10 +110,15 @@ void nx_source_prefetch(nx_source *s, int64_t tensor);
 int nx_source_read(nx_source *s, int64_t tensor, uint64_t off, void *buf, size_t len, nx_err *e);
 /* Rows [row0, row0+nrows) of a 2-D BF16/F16/F32 tensor widened to float32, or of an encoded
  * weight decoded as its decoder says (decode.h: fl32(fp8 * scale) or fl32(q * scale) rounded
- * to BF16, what a user's conversion to BF16 gives); raw is scratch of at least
- * nrows*cols*dtype-size bytes. */
+ * to BF16, what a user's conversion to BF16 gives; MXFP4 exactly); raw is scratch of at least
+ * nrows * the stored bytes of a row. */
 int nx_source_read_rows_f32(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
                             float *dst, void *raw, nx_err *e);
+/* Rows [row0, row0+nrows) of an encoded weight as stored, and the scale rows they use as
+ * stored (decode.h, nx_dec_read_stored): for an MXFP4 weight, nrows * cols/2 code bytes and
+ * nrows * cols/32 E8M0 bytes (cols as decoded). */
+int nx_source_stored_rows(nx_source *s, int64_t tensor, int64_t row0, int64_t nrows,
+                          void *data, void *scales, nx_err *e);
 /* The decoder's view of a 2-D catalog tensor (decode.h). */
 nx_dec_weight nx_source_weight(const nx_catalog *c, int64_t tensor);
 /* The path of a tensor's file, for messages (static buffer per call). */

@@ -31,6 +31,10 @@ typedef struct nx_classes {
     int64_t *qmod_of;      /* per catalog tensor: index into q, or -1 */
     int64_t n_groups, n_slots;
     char **slot_names;     /* "model.layers.1.mlp gate/up" etc., for messages */
+    int slot_fallback;     /* DeepSeek-V4: an expert keeps its own input amax and only one
+                            * without falls back to its slot's max (the slots are then the
+                            * projections across all layers); else every expert of a slot
+                            * gets the slot's max */
     int64_t n_excluded;
     char **excluded;       /* modules with a 2-D weight (or a convolution) left unquantized,
                             * natural order */

@@ -19,7 +19,9 @@ typedef enum nx_enc_kind {
     NX_ENC_FP8_TENSOR, /* F8_E4M3 + weight_scale per tensor or per output channel */
     NX_ENC_INT4,       /* compressed-tensors pack-quantized: weight_packed, weight_scale per
                         * group or channel, weight_shape (Kimi-K2-Thinking) */
-    NX_ENC_MXFP4       /* gpt-oss: <x>_blocks U8 + <x>_scales E8M0 per 32 (fused.h, mxfp4.h) */
+    NX_ENC_MXFP4,      /* gpt-oss: <x>_blocks U8 + <x>_scales E8M0 per 32 (fused.h, mxfp4.h) */
+    NX_ENC_FP8_E8M0    /* DeepSeek-V4 release: F8_E4M3 + E8M0 .scale per tile, and MXFP4
+                        * (I8/U8 + E8M0 .scale per 32) routed experts (mxfp4.h) */
 } nx_enc_kind;
 
 /* What the detection reads of one tensor. */
@@ -33,11 +35,14 @@ typedef struct nx_enc_tensor {
 /* What it decides for one tensor. */
 typedef struct nx_enc_link {
     int64_t scale;    /* an encoded weight: the tensor holding its scales, else -1 */
-    int64_t tile[2];  /* an encoded weight: rows x columns that share one scale */
-    int64_t shape[2]; /* an encoded weight: the linear's [out, in] */
+    int64_t tile[2];  /* an encoded weight: rows x columns (elements; for MXFP4, two per
+                       * stored byte) that share one scale */
+    int64_t shape[2]; /* an encoded weight: the linear's [out, in] (MXFP4: in is twice the
+                       * stored columns) */
     uint8_t codec;    /* nx_codec: the decoder the tensor is read with */
     uint8_t dropped;  /* a scale or weight_shape read with its weight, or a static activation
-                       * scale of the source scheme: never written */
+                       * scale of the source scheme: never written. DeepSeek-V4's E8M0 .scale
+                       * is not: it is copied with a weight left as stored */
 } nx_enc_link;
 
 typedef struct nx_encoding {

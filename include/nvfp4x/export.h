@@ -16,10 +16,13 @@ typedef enum nx_kv_mode { NX_KV_AUTO, NX_KV_FP8, NX_KV_NONE } nx_kv_mode;
 typedef struct nx_export_opts {
     const char *model, *output, *calib;
     nx_numerics numerics;
+    int numerics_given; /* --numerics was given; else DeepSeek-V4 defaults to cpu (the
+                         * script's default device), everything else to gpu */
     nx_weight_calib weight_calib; /* max (default) or mse: the sweep gives every block scale */
     nx_classify_opts classify;
     int weight_only;
-    int cast_mxfp4;  /* --cast-mxfp4: ModelOpt's closed-form cast of MXFP4 experts (mxfp4.h) */
+    int cast_mxfp4;  /* --cast-mxfp4: ModelOpt's closed-form cast of MXFP4 experts, gpt-oss's
+                      * fused and DeepSeek-V4's routed ones (mxfp4.h) */
     nx_format format;
     nx_kv_mode kv;
     uint64_t max_shard_bytes;

@@ -25,6 +25,7 @@
 #include "nvfp4x/calib.h"
 #include "nvfp4x/encoding.h"
 #include "nvfp4x/error.h"
+#include "nvfp4x/mxfp4.h"
 #include "nvfp4x/quantize.h"
 #include "nvfp4x/report.h"
 
@@ -107,8 +108,9 @@ typedef struct nx_fused_job {
     int64_t piece;
     int quantize;          /* 0: an MXFP4 source left unquantized, written as BF16 */
     float amax;            /* weight amax, or the global amax of a static module */
-    int cast;              /* --cast-mxfp4: per-block amax in closed form from the scales */
-    int kmax_blocks;       /* and the k_max that decides it (nx_mxfp4_cast) */
+    const nx_mxfp4_cast *cast; /* --cast-mxfp4: codes and scales in closed form from the
+                                * MXFP4 bytes (mxfp4.h), or NULL */
+    int64_t *cast_counts;  /* with cast: [0] MXFP4 blocks cast, [1] lossless ones, added to */
     const nx_calib *calib; /* static per-block amax from calibration, or NULL */
     nx_numerics numerics;
     nx_quantize_fn kernel;
@@ -125,9 +127,11 @@ int nx_fused_produce(const nx_fused_job *j, nx_fused_scratch **scratch, nx_err *
 /* max |W| over piece p (MXFP4: of the decoded values), NaN when a value is NaN or Inf. */
 int nx_fused_piece_absmax(struct nx_source *src, const nx_fused *f, int64_t p,
                           nx_fused_scratch **scratch, float *amax, nx_err *e);
-/* Adds piece p's E8M0 scale bytes to hist (MXFP4 only). */
-int nx_fused_piece_scale_hist(struct nx_source *src, const nx_fused *f, int64_t p,
-                              int64_t hist[256], nx_fused_scratch **scratch, nx_err *e);
+/* Piece p's E8M0 scale bytes (MXFP4 only): *n of them at *scales, valid until the scratch is
+ * used again. */
+int nx_fused_piece_scales(struct nx_source *src, const nx_fused *f, int64_t p,
+                          const uint8_t **scales, int64_t *n, nx_fused_scratch **scratch,
+                          nx_err *e);
 
 /* Sums the n statistics over the ranks of comm (pieces of one module may sit on any rank). */
 void nx_fused_qstats_reduce(nx_qstats *st, int64_t n, MPI_Comm comm);

@@ -55,6 +55,10 @@ typedef struct nx_plan_opts {
     int kv_fp8;      /* write k_scale / v_scale */
     int nranks;
     nx_format format;
+    int source_shards; /* DeepSeek-V4: every output in its source tensor's shard, the source's
+                        * shard names, no __metadata__ (as ModelOpt's script writes them) */
+    int keep_encoded;  /* DeepSeek-V4: encoded tensors left unquantized are copied as stored
+                        * (FP8 with its scales, MTP experts' MXFP4), not decoded to BF16 */
 } nx_plan_opts;
 
 typedef struct nx_plan {

@@ -8,13 +8,16 @@
 
 #include "nvfp4x/error.h"
 
-/* In safetensors' own dtype order: writers sort tensors by this order, descending. */
+/* In safetensors' own dtype order (its Rust Dtype enum): writers sort tensors by this order,
+ * descending, so only the relative order matters and a new dtype goes where the reference has
+ * it. Not carried: F4, F6_*, F8_E4M3FNUZ, F8_E5M2FNUZ, C64 (refused as unknown). */
 typedef enum nx_dtype {
     NX_DT_BOOL,
     NX_DT_U8,
     NX_DT_I8,
     NX_DT_F8_E5M2,
     NX_DT_F8_E4M3,
+    NX_DT_F8_E8M0, /* power-of-two scale byte, 2^(b-127) (MX formats, DeepSeek-V4) */
     NX_DT_I16,
     NX_DT_U16,
     NX_DT_F16,
@@ -36,6 +39,8 @@ const char *nx_dtype_name(nx_dtype dt);
 /* Returns 0 and sets *dt, or -1 for an unknown name. */
 int nx_dtype_parse(const char *name, nx_dtype *dt);
 size_t nx_dtype_size(nx_dtype dt);
+/* "BF16 [80, 3]" (dtype and shape) into buf, for messages; truncated to len. */
+void nx_shape_text(nx_dtype dt, int ndim, const int64_t *shape, char *buf, size_t len);
 
 typedef struct nx_st_tensor {
     char *name;
@@ -81,5 +86,9 @@ typedef struct nx_st_entry {
  * malloc'd; *header_bytes is its size, which is also the file offset of the data section. */
 int nx_st_layout(nx_st_entry *entries, int64_t n, char **header, uint64_t *header_bytes,
                  nx_err *e);
+/* The same with no "__metadata__" at all, as safetensors.torch.save_file(tensors) without a
+ * metadata argument writes it (ModelOpt's DeepSeek-V4 script). */
+int nx_st_layout_bare(nx_st_entry *entries, int64_t n, char **header, uint64_t *header_bytes,
+                      nx_err *e);
 
 #endif

@@ -15,21 +15,24 @@
 typedef struct nx_amax {
     float *w;                /* per quantized module: resolved weight amax (group max) */
     float *w_own;            /* its own weight amax, before the group max (every rank) */
+    int32_t *k_shared;       /* --cast-mxfp4, per module with an MXFP4 source: the k_max of its
+                              * fused group (weight_scale_2 is 2^(k - 8)); NX_NOT_CAST for
+                              * every other module, and all of them without the cast */
+    int32_t *k_window;       /* the same modules: their own k_max (NX_E8M0_NONE when every
+                              * scale byte is 0), the window of the closed-form block amax */
     float *in;               /* resolved input amax; unused with weight-only */
     uint8_t *w_from_weight;  /* fallback used: amax computed from the weight */
     uint8_t *in_from_layer;  /* fallback used: expert without its own input amax */
-    int32_t *cast_kmax;      /* --cast-mxfp4, per module from MXFP4: the k_max of its closed-form
-                                per-block amax (mxfp4.h); NX_NOT_CAST for every other module */
-    int64_t cast_blocks, cast_lossless; /* MXFP4 blocks cast, and how many of them losslessly */
 } nx_amax;
 
 #define NX_NOT_CAST INT32_MIN
 
-/* Tensors read here stay in memory for phase 6 as far as src's budget allows. cast_mxfp4: the
- * weight amax of MXFP4 fused experts is ModelOpt's closed form from their E8M0 scales
- * (--cast-mxfp4), whatever the calibration holds for them. */
+/* Tensors read here stay in memory for phase 6 as far as src's budget allows. cast
+ * (--cast-mxfp4): modules with an MXFP4 source take the closed form from their E8M0 scales
+ * (k_shared, k_window; w = 6 * 448 * 2^(k_shared - 8)) instead of a weight amax, whatever the
+ * calibration holds for them; every other module is resolved as usual. */
 int nx_amax_sync(nx_source *src, const nx_classes *k, const nx_stats *s, const nx_plan *p,
-                 int weight_only, int cast_mxfp4, nx_amax *a, MPI_Comm comm, nx_err *e);
+                 int weight_only, int cast, nx_amax *a, MPI_Comm comm, nx_err *e);
 void nx_amax_free(nx_amax *a);
 
 #endif

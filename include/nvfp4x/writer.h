@@ -16,6 +16,11 @@
 
 typedef struct nx_write_opts {
     nx_numerics numerics;
+    nx_numerics input_numerics; /* input_scale's division: numerics, except DeepSeek-V4 where
+                                 * ModelOpt's script always divides on the CPU */
+    int cast_mxfp4;         /* --cast-mxfp4: MXFP4 experts cast in closed form (mxfp4.h) */
+    int64_t *cast_blocks;   /* with cast_mxfp4, every rank gets: [0] MXFP4 blocks cast,
+                             * [1] of them lossless (ModelOpt's count) */
     int threads;            /* per rank, >= 1 */
     int quiet;
     const char *calib_path; /* for static per-block amax */

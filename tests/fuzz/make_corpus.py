@@ -18,8 +18,8 @@ import struct
 import sys
 
 SEP = b"\n@@@\n"
-DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
-              "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+              "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 # safetensors' writer order: dtype descending in this order, then name.
 DTYPE_ORDER = list(DTYPE_SIZE)
 
@@ -240,6 +240,33 @@ def model_dir_seeds():
            ("model.layers.0.mlp.gate_proj.input_scale", "F32", [])]
     s["nvfp4_violations"] = model_seed(config, index_for([(S1, q + k + v), (S2, bad)]),
                                        shard(q + k + v, {**qf, **kf, **vf}), shard(bad, {}), hq)
+
+    # DeepSeek-V4: the release (FP8 and MXFP4 with E8M0 .scale) and its mixed FP8 + NVFP4 export.
+    v4src = [("layers.0.attn.wq_a.weight", "F8_E4M3", [4, 32]),
+             ("layers.0.attn.wq_a.scale", "F8_E8M0", [1, 1]),
+             ("layers.0.ffn.experts.0.w1.weight", "I8", [2, 16]),
+             ("layers.0.ffn.experts.0.w1.scale", "F8_E8M0", [2, 1]),
+             ("embed.weight", "BF16", [8, 4])]
+    v4qc = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0",
+            "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    v4cfg = {"model_type": "deepseek_v4", "num_hidden_layers": 1, "n_routed_experts": 1,
+             "expert_dtype": "fp4", "quantization_config": v4qc}
+    s["dsv4_source"] = model_seed(v4cfg, index_for([(S1, v4src[:2]), (S2, v4src[2:])]),
+                                  shard(v4src[:2], {}), shard(v4src[2:], {}))
+    w1, w1f = quantized_module("layers.0.ffn.experts.0.w1", 2, 32)
+    w3, w3f = quantized_module("layers.0.ffn.experts.0.w3", 2, 32)
+    layers = {"layers.0.ffn.experts": {"quant_algo": "NVFP4", "group_size": 16}}
+    excl = ["*.attn.*", "*.ffn.shared_experts.*", "head", "mtp.*"]
+    out_qc = dict(v4qc, moe_quant_algo="NVFP4", quant_algo="MIXED_PRECISION", group_size=16,
+                  kv_cache_quant_algo=None, quantized_layers=layers, ignore=excl,
+                  producer={"name": "modelopt", "version": "dsv4-nvfp4-experts"})
+    v4hq = {"producer": out_qc["producer"], "quantization": {
+        "quant_algo": "MIXED_PRECISION", "kv_cache_quant_algo": None, "group_size": 16,
+        "quantized_layers": layers, "exclude_modules": excl}}
+    v4out = v4src[:2] + [v4src[4]] + w1 + w3
+    s["dsv4_mixed_export"] = model_seed(dict(v4cfg, quantization_config=out_qc),
+                                        index_for([(S1, v4out)]),
+                                        shard(v4out, {**w1f, **w3f}), b"", v4hq)
 
     # Invalid inputs, one per rule of the loaders.
     good_index = index_for([(S1, src1), (S2, src2)])

@@ -66,21 +66,39 @@ static void test_kmax(void)
     CHECK(c.k_shared == 0 && c.ws2 == ldexpf(1.0f, -8)); /* ModelOpt: k_max 0 when all zero */
 }
 
+/* The closed-form amax of one MXFP4 block (16 bytes, scale byte e), written out plainly. */
+static float block_amax(const uint8_t *p16, uint8_t e, int k_window)
+{
+    static const float mag[8] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6 };
+    int k = e - 127, top = 0, d = k - (k_window - 8);
+    for (int j = 0; j < 16; j++) {
+        top = (p16[j] & 7) > top ? p16[j] & 7 : top;
+        top = ((p16[j] >> 4) & 7) > top ? (p16[j] >> 4) & 7 : top;
+    }
+    return (d >= -9 && d <= 8 ? 6.0f : mag[top]) * ldexpf(1.0f, k);
+}
+
+/* nb random blocks: a zero scale byte one in zero_every, else lo + (0..span-1); an all-zero
+ * block one in 11. */
+static void random_blocks(uint8_t *packed, uint8_t *e8m0, int nb, int zero_every, int lo,
+                          int span)
+{
+    for (int b = 0; b < nb; b++) {
+        uint32_t r = rnd();
+        e8m0[b] = r % (uint32_t)zero_every == 0 ? 0 : (uint8_t)(lo + (int)(r % (uint32_t)span));
+        for (int j = 0; j < 16; j++)
+            packed[16 * b + j] = (uint8_t)(r % 11 == 0 ? 0 : rnd());
+    }
+}
+
 /* ModelOpt's formula element by element (numeric_utils.py + NVFP4QTensor.quantize). */
 static void cast_reference(int k_shared, int k_window, const uint8_t *packed,
                            const uint8_t *e8m0, int64_t nblk, uint8_t *codes, uint8_t *scales)
 {
     float ws2 = ldexpf(1.0f, k_shared - 8), w[32];
     for (int64_t b = 0; b < nblk; b++) {
-        int k = e8m0[b] - 127, top = 0;
         nx_mxfp4_decode_rows(packed + 16 * b, e8m0 + b, 1, 32, w);
-        for (int j = 0; j < 16; j++) {
-            top = (packed[16 * b + j] & 7) > top ? packed[16 * b + j] & 7 : top;
-            top = ((packed[16 * b + j] >> 4) & 7) > top ? (packed[16 * b + j] >> 4) & 7 : top;
-        }
-        static const float mag[8] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6 };
-        int d = k - (k_window - 8);
-        float amax = (d >= -9 && d <= 8 ? 6.0f : mag[top]) * ldexpf(1.0f, k);
+        float amax = block_amax(packed + 16 * b, e8m0[b], k_window);
         float s = fminf(fmaxf(amax / (6.0f * ws2), 0x1p-9f), 448.0f);
         uint8_t sb = nx_e4m3_encode(s);
         scales[2 * b] = scales[2 * b + 1] = sb;
@@ -125,14 +143,10 @@ static void test_cast_matches_formula(void)
     static uint8_t packed[16 * NB], e8m0[NB], got_c[16 * NB], want_c[16 * NB], got_s[2 * NB],
         want_s[2 * NB];
     for (int round = 0; round < 6; round++) {
-        for (int b = 0; b < NB; b++) {
-            uint32_t r = rnd();
-            e8m0[b] = r % 7 == 0 ? 0 : (uint8_t)(100 + r % 40); /* spans more than 17 */
-            if (round == 5)
-                e8m0[b] = (uint8_t)(1 + rnd() % 250); /* finite: 6 * 2^123 */
-            for (int j = 0; j < 16; j++)
-                packed[16 * b + j] = (uint8_t)(r % 11 == 0 ? 0 : rnd());
-        }
+        if (round < 5)
+            random_blocks(packed, e8m0, NB, 7, 100, 40); /* spans more than 17 */
+        else
+            random_blocks(packed, e8m0, NB, 1 << 30, 1, 250); /* finite: 6 * 2^123 */
         int own = nx_mxfp4_kmax(e8m0, NB);
         int shared = own + (round % 3) * 4; /* a w3 with larger scales */
         nx_mxfp4_cast c;
@@ -221,16 +235,8 @@ static void static_reference(int kmax, const uint8_t *packed, const uint8_t *e8m
                              nx_numerics m, uint8_t *codes, uint8_t *scales)
 {
     static float w[32 * 4096], blocks[2 * 4096];
-    static const float mag[8] = { 0, .5f, 1, 1.5f, 2, 3, 4, 6 };
-    for (int64_t b = 0; b < nblk; b++) {
-        int k = e8m0[b] - 127, top = 0, d = k - (kmax - 8);
-        for (int j = 0; j < 16; j++) {
-            top = (packed[16 * b + j] & 7) > top ? packed[16 * b + j] & 7 : top;
-            top = ((packed[16 * b + j] >> 4) & 7) > top ? (packed[16 * b + j] >> 4) & 7 : top;
-        }
-        blocks[2 * b] = blocks[2 * b + 1] = (d >= -9 && d <= 8 ? 6.0f : mag[top]) *
-                                            ldexpf(1.0f, k);
-    }
+    for (int64_t b = 0; b < nblk; b++)
+        blocks[2 * b] = blocks[2 * b + 1] = block_amax(packed + 16 * b, e8m0[b], kmax);
     nx_mxfp4_decode_rows(packed, e8m0, nblk, 32, w);
     nx_nvfp4_quantize_rows_ref(w, nblk, 32, ldexpf(2688.0f, kmax - 8), blocks, m, codes, scales);
 }
@@ -244,12 +250,7 @@ static void test_cast_is_static_export(void)
     static uint8_t packed[16 * NB], e8m0[NB], got_c[16 * NB], want_c[16 * NB], got_s[2 * NB],
         want_s[2 * NB];
     for (int round = 0; round < 4; round++) {
-        for (int b = 0; b < NB; b++) {
-            uint32_t r = rnd();
-            e8m0[b] = r % 9 == 0 ? 0 : (uint8_t)(round < 2 ? 100 + r % 40 : 112 + r % 18);
-            for (int j = 0; j < 16; j++)
-                packed[16 * b + j] = (uint8_t)(r % 13 == 0 ? 0 : rnd());
-        }
+        random_blocks(packed, e8m0, NB, 9, round < 2 ? 100 : 112, round < 2 ? 40 : 18);
         int kmax = nx_mxfp4_kmax(e8m0, NB);
         nx_mxfp4_cast c;
         nx_mxfp4_cast_init(&c, kmax, kmax, 1);

@@ -17,9 +17,26 @@
 
 /* ---- Detection ---------------------------------------------------------------------------- */
 
-static const char *const k_attrs[2] = { "gate_up_proj", "down_proj" };
+const char *const nx_fused_attrs[2] = { "gate_up_proj", "down_proj" };
 
 enum { GATE_UP, DOWN };
+
+int nx_fused_name_split(const char *name, size_t *module_len, const char **rest)
+{
+    const char *dot = strrchr(name, '.');
+    if (dot == NULL || dot - name < 7 || strncmp(dot - 7, "experts", 7) != 0 ||
+        (dot - name > 7 && dot[-8] != '.'))
+        return -1;
+    for (int a = 0; a < 2; a++) {
+        size_t n = strlen(nx_fused_attrs[a]);
+        if (strncmp(dot + 1, nx_fused_attrs[a], n) == 0) {
+            *module_len = (size_t)(dot - name);
+            *rest = dot + 1 + n;
+            return a;
+        }
+    }
+    return -1;
+}
 
 /* A fused projection's name: "<...>.experts.<attr>" or "<...>.experts.<attr>_blocks". */
 typedef struct proj_ref {
@@ -31,22 +48,13 @@ typedef struct proj_ref {
 
 static int parse_proj(const char *name, proj_ref *r)
 {
-    const char *dot = strrchr(name, '.');
-    if (dot == NULL || dot - name < 7 || strncmp(dot - 7, "experts", 7) != 0 ||
-        (dot - name > 7 && dot[-8] != '.'))
+    const char *rest;
+    int a = nx_fused_name_split(name, &r->module_len, &rest);
+    if (a < 0 || (*rest != '\0' && strcmp(rest, "_blocks") != 0))
         return 0;
-    for (int a = 0; a < 2; a++) {
-        size_t n = strlen(k_attrs[a]);
-        if (strncmp(dot + 1, k_attrs[a], n) != 0)
-            continue;
-        if (dot[1 + n] != '\0' && strcmp(dot + 1 + n, "_blocks") != 0)
-            continue;
-        r->module_len = (size_t)(dot - name);
-        r->attr = a;
-        r->blocks = dot[1 + n] != '\0';
-        return 1;
-    }
-    return 0;
+    r->attr = a;
+    r->blocks = *rest != '\0';
+    return 1;
 }
 
 static int is_float(nx_dtype dt)
@@ -123,7 +131,7 @@ static int add_fused(detect *d, int64_t tensor, int64_t scales, const char *modu
     nx_fused *f = &grown[d->l->n_fused];
     memset(f, 0, sizeof *f);
     f->module = nx_asprintf("%.*s", (int)mlen, module);
-    f->name = nx_asprintf("%.*s.%s", (int)mlen, module, k_attrs[attr]);
+    f->name = nx_asprintf("%.*s.%s", (int)mlen, module, nx_fused_attrs[attr]);
     d->l->n_fused++; /* freed with the layout even when one name is missing */
     NX_ALLOC_CHECK(f->module && f->name ? f->name : NULL, e, "a fused-expert name");
     f->attr = f->name + mlen + 1;
@@ -209,8 +217,8 @@ static int float_pair(detect *d, int64_t gu, int64_t dn, const char *module, siz
 static int mxfp4_pair(detect *d, int64_t gu, int64_t dn, const char *module, size_t mlen,
                       nx_err *e)
 {
-    int64_t gs = find_name(d, module, mlen, k_attrs[GATE_UP], "_scales");
-    int64_t ds = find_name(d, module, mlen, k_attrs[DOWN], "_scales");
+    int64_t gs = find_name(d, module, mlen, nx_fused_attrs[GATE_UP], "_scales");
+    int64_t ds = find_name(d, module, mlen, nx_fused_attrs[DOWN], "_scales");
     int64_t dg[3], dd[3];
     NX_ERROR_IF(gs == -2 || ds == -2, e, NX_EIO, "out of memory");
     NX_TRY(mxfp4_shape(d, gu, gs, dg, e));
@@ -226,10 +234,10 @@ static int detect_one(detect *d, int64_t i, const proj_ref *r, nx_err *e)
 {
     const char *name = d->t[i].name;
     const char *suffix = r->blocks ? "_blocks" : "";
-    int64_t other = find_name(d, name, r->module_len, k_attrs[!r->attr], suffix);
+    int64_t other = find_name(d, name, r->module_len, nx_fused_attrs[!r->attr], suffix);
     NX_ERROR_IF(other == -2, e, NX_EIO, "out of memory");
     NX_ERROR_IF(other < 0, e, NX_EINPUT, "%s: fused experts %s have no %.*s.%s%s beside them",
-                d->where, name, (int)r->module_len, name, k_attrs[!r->attr], suffix);
+                d->where, name, (int)r->module_len, name, nx_fused_attrs[!r->attr], suffix);
     if (r->attr == DOWN)
         return NX_OK; /* the pair is taken from its gate_up */
     NX_ERROR_IF(!dims_sane(&d->t[i]) || !dims_sane(&d->t[other]), e, NX_EINPUT, "%s: fused "

@@ -24,7 +24,6 @@
 #include "nvfp4x/quantize.h"
 #include "verify_internal.h"
 
-static const char *const k_attrs[2] = { "gate_up_proj", "down_proj" };
 static const char *const k_parts[FP_PARTS] = { "", "_weight_scale", "_weight_scale_2",
                                                "_input_scale", "_bias" };
 
@@ -33,20 +32,15 @@ static const char *const k_parts[FP_PARTS] = { "", "_weight_scale", "_weight_sca
 /* "<...>experts.<attr><part>": the length of "<...>experts.<attr>" and the part, or 0. */
 static size_t parse(const char *name, int *part)
 {
-    const char *dot = strrchr(name, '.');
-    if (dot == NULL || dot - name < 7 || strncmp(dot - 7, "experts", 7) != 0 ||
-        (dot - name > 7 && dot[-8] != '.'))
+    size_t module_len;
+    const char *rest;
+    if (nx_fused_name_split(name, &module_len, &rest) < 0)
         return 0;
-    for (int a = 0; a < 2; a++) {
-        size_t n = strlen(k_attrs[a]);
-        if (strncmp(dot + 1, k_attrs[a], n) != 0)
-            continue;
-        for (int p = FP_PARTS - 1; p >= 0; p--)
-            if (strcmp(dot + 1 + n, k_parts[p]) == 0) {
-                *part = p;
-                return (size_t)(dot - name) + 1 + n;
-            }
-    }
+    for (int p = FP_PARTS - 1; p >= 0; p--)
+        if (strcmp(rest, k_parts[p]) == 0) {
+            *part = p;
+            return (size_t)(rest - name);
+        }
     return 0;
 }
 

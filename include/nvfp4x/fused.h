@@ -64,6 +64,14 @@ typedef struct nx_fused_layout {
     uint8_t *split;      /* per tensor: 1 for a fused tensor exported as views (not written) */
 } nx_fused_layout;
 
+/* The two projections of fused experts, by their attribute name. */
+extern const char *const nx_fused_attrs[2]; /* "gate_up_proj", "down_proj" */
+
+/* A name "<...>experts.<attr><rest>" (experts a whole name component, attr one of
+ * nx_fused_attrs): returns the attr's index and sets *module_len to the length of
+ * "<...>experts" and *rest to what follows the attr; -1 for any other name. */
+int nx_fused_name_split(const char *name, size_t *module_len, const char **rest);
+
 /* Finds the fused experts among the n tensors (sorted or not; their names, dtypes and shapes),
  * given config.json's model_type (of text_config when there is one). Refuses (NX_EINPUT,
  * naming the tensor) a 3-D expert tensor without its partner, shapes that fit neither

@@ -257,6 +257,6 @@ NX_KERNEL_ENTRY(nx_nvfp4_quantize_rows_avx2)
 
 #else /* not x86-64, or -DNX_SIMD=OFF: never chosen (nx_kernel_fn returns NULL) */
 
-NX_KERNEL_STUB(nx_nvfp4_quantize_rows_avx2)
+NX_KERNEL_ABSENT(nx_nvfp4_quantize_rows_avx2)
 
 #endif

@@ -233,6 +233,6 @@ NX_KERNEL_ENTRY(nx_nvfp4_quantize_rows_avx512)
 
 #else /* not x86-64, or -DNX_SIMD=OFF: never chosen (nx_kernel_fn returns NULL) */
 
-NX_KERNEL_STUB(nx_nvfp4_quantize_rows_avx512)
+NX_KERNEL_ABSENT(nx_nvfp4_quantize_rows_avx512)
 
 #endif

@@ -38,8 +38,9 @@ static inline params kernel_params(float amax, nx_numerics m)
         }                                                                                      \
     }
 
-/* Builds without SIMD (not x86-64, or -DNX_SIMD=OFF): the variant exists but is never chosen (nx_kernel_fn returns NULL). */
-#define NX_KERNEL_STUB(name)                                                                   \
+/* Builds without SIMD (not x86-64, or -DNX_SIMD=OFF): the variant's symbol exists, returns -1,
+ * and is never chosen (nx_kernel_fn returns NULL for it). */
+#define NX_KERNEL_ABSENT(name)                                                                   \
     int name(const void *src, nx_dtype dt, int64_t rows, int64_t cols, float amax,             \
              const float *block_amax, nx_numerics m, uint8_t *codes, uint8_t *scales)          \
     {                                                                                          \

@@ -63,7 +63,8 @@ int nx_nvfp4_quantize_rows_src_ref(const void *src, nx_dtype dt, int64_t rows, i
                                    uint8_t *codes, uint8_t *scales);
 /* SIMD variants (src/kernel_avx2.c, src/kernel_avx512.c); call them only through
  * nx_kernel_fn, which knows whether this CPU runs them. They are compiled on x86-64 unless the
- * build turned them off (cmake -DNX_SIMD=OFF defines NX_NO_SIMD); otherwise they are stubs. */
+ * build turned them off (cmake -DNX_SIMD=OFF defines NX_NO_SIMD); otherwise each is a function
+ * that returns -1 (NX_KERNEL_ABSENT), which nx_kernel_fn never hands out. */
 #if defined(__x86_64__) && !defined(NX_NO_SIMD)
 #define NX_SIMD_BUILT 1
 #else
